@@ -1,0 +1,66 @@
+"""Make the reference server's import paths resolve to :mod:`server.aml`.
+
+Scripts written for Azure ML import ``rawhttp``, ``AMLRequest`` and
+``AMLResponse`` from ``azureml_inference_server_http.api.aml_request`` /
+``.aml_response`` or from the legacy ``azureml.contrib.services.*``. When the real
+package is installed it wins: our finder sits at the end of ``sys.meta_path`` and
+only answers names that no other finder could.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+from collections.abc import Sequence
+
+_PACKAGES = (
+    "azureml_inference_server_http",
+    "azureml_inference_server_http.api",
+    "azureml",
+    "azureml.contrib",
+    "azureml.contrib.services",
+)
+_MODULES = (
+    "azureml_inference_server_http.api.aml_request",
+    "azureml_inference_server_http.api.aml_response",
+    "azureml.contrib.services.aml_request",
+    "azureml.contrib.services.aml_response",
+)
+
+
+class _Loader(importlib.abc.Loader):
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        if spec.name in _MODULES:
+            from .. import aml
+
+            return aml
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        return None
+
+
+class AzureMLFinder(importlib.abc.MetaPathFinder):
+    _loader = _Loader()
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname in _MODULES:
+            return importlib.machinery.ModuleSpec(fullname, self._loader)
+        if fullname in _PACKAGES:
+            return importlib.machinery.ModuleSpec(fullname, self._loader, is_package=True)
+        return None
+
+
+def install() -> None:
+    """Append the finder once; real installed packages still take precedence."""
+    if not any(isinstance(f, AzureMLFinder) for f in sys.meta_path):
+        sys.meta_path.append(AzureMLFinder())

@@ -1,0 +1,244 @@
+"""HTTP handlers: parse the request, call the pool, render the reply. Nothing else.
+
+Every handler answers; no exception escapes to the client as a dropped
+connection. Request ids follow the reference: ``x-request-id`` is echoed (or a
+uuid4 is made), ``x-ms-client-request-id`` (legacy ``x-ms-request-id``) becomes
+``x-ms-request-id``, ``TraceId`` is echoed; any of them over 100 characters is 431.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import protocol, swagger
+from .errors import (
+    HeaderTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    ScoreHostError,
+    Unauthorized,
+)
+from .pool import WorkerPool
+from .responses import RawResponse, json_response, render_error, render_reply, text_response
+from .settings import Settings
+
+logger = logging.getLogger("scorehost.http")
+access = logging.getLogger("scorehost.access")
+
+MAX_ID_LENGTH = 100
+SCORE_METHODS = ("GET", "POST", "OPTIONS")
+Ids = tuple[str, str | None, str | None]
+
+_X_REQUEST_ID = b"x-request-id"
+_CLIENT_IDS = (b"x-ms-client-request-id", b"x-ms-request-id")
+_TRACE = b"traceid"
+_AUTH = b"authorization"
+_CTYPE = b"content-type"
+_CLEN = b"content-length"
+
+
+class Handlers:
+    def __init__(self, settings: Settings, pool: WorkerPool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.max_body = settings.max_request_bytes
+        self.log_access = settings.access_log
+        self.log_probes = settings.access_log_probes
+        self._bearer = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+
+    # --- helpers -------------------------------------------------------------
+    def _scan(self, request: Request) -> tuple[Ids, dict[bytes, bytes]]:
+        """One pass over the raw headers: ids, auth, content type and length."""
+        rid = client = trace = None
+        found: dict[bytes, bytes] = {}
+        for name, value in request.scope["headers"]:
+            if name == _X_REQUEST_ID:
+                rid = value.decode("latin-1")
+            elif name in _CLIENT_IDS:
+                if client is None or name == _CLIENT_IDS[0]:
+                    client = value.decode("latin-1")
+            elif name == _TRACE:
+                trace = value.decode("latin-1")
+            elif name in (_AUTH, _CTYPE, _CLEN):
+                found[name] = value
+        if rid is None:
+            rid = str(uuid.uuid4())
+        ids: Ids = (rid, client, trace)
+        for label, value in (("x-request-id", rid), ("x-ms-client-request-id", client), ("TraceId", trace)):
+            if value is not None and len(value) > MAX_ID_LENGTH:
+                raise _IdTooLong(HeaderTooLarge(f"{label} must not exceed {MAX_ID_LENGTH} characters"))
+        return ids, found
+
+    def _check_auth(self, found: dict[bytes, bytes]) -> None:
+        if self._bearer is not None and not hmac.compare_digest(found.get(_AUTH, b""), self._bearer):
+            raise Unauthorized()
+
+    async def _body(self, request: Request, found: dict[bytes, bytes]) -> bytes:
+        limit = self.max_body
+        declared = found.get(_CLEN)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"Request body of {int(declared)} bytes exceeds the limit of {limit} bytes.")
+        receive = request.receive
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _log(self, request: Request, status: int, started: float, rid: str, size: int) -> None:
+        path = request.scope["path"]
+        qs = request.scope["query_string"]
+        if qs:
+            path = f"{path}?{qs.decode('latin-1')}"
+        access.info("%s %s %d %.3fms %d", request.scope["method"], path, status,
+                    (time.perf_counter() - started) * 1000.0, size, extra={"request_id": rid})
+
+    # --- /score --------------------------------------------------------------
+    async def score(self, request: Request) -> Response:
+        started = time.perf_counter()
+        ids: Ids | None = None
+        try:
+            ids, found = self._scan(request)
+            method = request.scope["method"]
+            if method not in SCORE_METHODS:
+                raise MethodNotAllowed("The method is not allowed for the requested URL.")
+            self._check_auth(found)
+            script = self.pool.script
+            level = script["meta_level"] if script else 0
+            if method == "OPTIONS" and (script is None or script["mode"] != "raw"):
+                response: RawResponse = render_reply(protocol.Reply(200, b"", None), ids)
+            else:
+                body = await self._body(request, found)
+                meta = self._meta(request, level, found, method)
+                reply = await self.pool.call(protocol.TARGET_SCORE, method, ids[0], body, meta)
+                response = render_reply(reply, ids)
+        except _IdTooLong as exc:
+            response = render_error(exc.error)
+        except ScoreHostError as exc:
+            response = self._error(request, exc, ids)
+        if self.log_access:
+            self._log(request, response.status_code, started, ids[0] if ids else "-", len(response.body))
+        return response
+
+    @staticmethod
+    def _meta(request: Request, level: int, found: dict[bytes, bytes], method: str) -> bytes:
+        scope = request.scope
+        if level == 0:
+            return orjson.dumps({"q": scope["query_string"].decode("latin-1")}) if method == "GET" else b""
+        meta: dict[str, Any] = {"q": scope["query_string"].decode("latin-1"),
+                                "ct": found.get(_CTYPE, b"").decode("latin-1")}
+        if level >= 2:
+            meta["p"] = scope["path"]
+            meta["h"] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+            meta["b"] = str(request.base_url)
+        return orjson.dumps(meta)
+
+    def _error(self, request: Request, exc: ScoreHostError, ids: Ids | None, *, v2: bool = False) -> RawResponse:
+        rid = ids[0] if ids else "-"
+        if exc.status_code >= 500:
+            logger.warning("%s %s -> %d: %s", request.scope["method"], request.scope["path"], exc.status_code,
+                           exc.message, extra={"request_id": rid})
+        else:
+            logger.info("%s %s -> %d: %s", request.scope["method"], request.scope["path"], exc.status_code,
+                        exc.message, extra={"request_id": rid})
+        return render_error(exc, ids, v2=v2)
+
+    # --- /v2 -----------------------------------------------------------------
+    async def v2(self, request: Request) -> Response:
+        started = time.perf_counter()
+        ids: Ids | None = None
+        try:
+            ids, found = self._scan(request)
+            method = request.scope["method"]
+            if method not in ("GET", "POST"):
+                raise MethodNotAllowed("The method is not allowed for the requested URL.")
+            self._check_auth(found)
+            body = await self._body(request, found)
+            meta = orjson.dumps({"p": request.scope["path"], "q": request.scope["query_string"].decode("latin-1"),
+                                 "h": [(k.decode("latin-1"), v.decode("latin-1"))
+                                       for k, v in request.scope["headers"]]})
+            reply = await self.pool.call(protocol.TARGET_V2, method, ids[0], body, meta)
+            response = render_reply(reply, ids)
+        except _IdTooLong as exc:
+            response = render_error(exc.error, v2=True)
+        except ScoreHostError as exc:
+            response = self._error(request, exc, ids, v2=True)
+        if self.log_access:
+            self._log(request, response.status_code, started, ids[0] if ids else "-", len(response.body))
+        return response
+
+    # --- probes --------------------------------------------------------------
+    def _probe(self, request: Request, response: RawResponse) -> RawResponse:
+        if self.log_access and self.log_probes:
+            self._log(request, response.status_code, time.perf_counter(), "-", len(response.body))
+        return response
+
+    async def root(self, request: Request) -> Response:
+        """``GET /``: the reference's liveness answer, ``Healthy``."""
+        live = self.pool.live()
+        return self._probe(request, text_response(200 if live else 503, "Healthy" if live else "Unhealthy"))
+
+    async def live(self, request: Request) -> Response:
+        status = self.pool.status()
+        code = 200 if status["live"] else 503
+        body: dict[str, Any] = {"status": "live" if code == 200 else "failed"}
+        if code != 200:
+            body["message"] = status.get("message") or "No worker can serve requests."
+            body["workers"] = status["detail"]
+        return self._probe(request, json_response(code, body))
+
+    async def ready(self, request: Request) -> Response:
+        status = self.pool.status()
+        code = 200 if status["ready"] else 503
+        extra = [] if code == 200 else [(b"retry-after", b"1")]
+        return self._probe(request, json_response(code, status, extra))
+
+    async def v2_live(self, request: Request) -> Response:
+        return self._probe(request, json_response(200 if self.pool.live() else 503, {"live": self.pool.live()}))
+
+    async def v2_ready(self, request: Request) -> Response:
+        ready = self.pool.ready()
+        return self._probe(request, json_response(200 if ready else 503, {"ready": ready}))
+
+    # --- swagger -------------------------------------------------------------
+    async def swagger(self, request: Request) -> Response:
+        version = request.query_params.get("version", "2")
+        try:
+            if self.pool.script is None and not self.pool.ready():
+                raise NotReady("Server is starting: the swagger document is not available yet.")
+            doc = swagger.build(version, self.settings, self.pool.script)
+        except ScoreHostError as exc:
+            return render_error(exc)
+        return json_response(200, doc)
+
+    async def not_found(self, request: Request) -> Response:
+        return render_error(NotFound("The requested URL was not found on the server. If you entered the URL "
+                                     "manually please check your spelling and try again."),
+                            v2=request.scope["path"].startswith("/v2"))
+
+
+class _IdTooLong(Exception):
+    def __init__(self, error: HeaderTooLarge) -> None:
+        super().__init__(error.message)
+        self.error = error
+

@@ -1,0 +1,6 @@
+def init():
+    raise RuntimeError("boom in init")
+
+
+def run(data):
+    return data

@@ -1,0 +1,6 @@
+def init():
+    pass
+
+
+def run(data):
+    raise ValueError("run() failed on purpose")

@@ -1,0 +1,162 @@
+"""Real-server tests of bounded requests: timeouts, queueing, crashes, wedged workers."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT_MS = 1000
+
+
+def _timed_post(url: str, payload: dict[str, object], timeout: float = 20) -> tuple[httpx.Response, float]:
+    with httpx.Client(base_url=url, timeout=timeout) as c:
+        t = time.perf_counter()
+        r = c.post("/score", json=payload)
+        return r, time.perf_counter() - t
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"sleep_ms": 3000, "mode": "sleep"},
+        {"sleep_ms": 3000, "mode": "spin"},
+        {"mode": "nogil", "iterations": 30_000_000},
+        {"sleep_ms": 3000, "mode": "gil"},
+    ],
+    ids=["time.sleep", "python-loop", "c-call-releasing-gil", "c-call-holding-gil"],
+)
+def test_scoring_timeout_is_on_time_whatever_run_does(start_server, payload) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("sleeper.py", SCORING_TIMEOUT_MS=str(TIMEOUT_MS), SCOREHOST_MAX_CONCURRENT_REQUESTS="1",
+                          SCOREHOST_WEDGED_AFTER_MS="60000")
+    response, elapsed = _timed_post(server.url, payload)
+    assert response.status_code == 504
+    assert response.json() == {"message": f"Scoring timeout after {TIMEOUT_MS} ms"}
+    assert response.headers["x-ms-run-function-failed"] == "True"
+    assert TIMEOUT_MS / 1000 <= elapsed < TIMEOUT_MS / 1000 + 0.05, elapsed
+    # The timed-out call still holds the only slot: the next request must wait,
+    # and is refused after the queue wait rather than run concurrently.
+    with server.client() as c:
+        status = c.get("/health/ready").json()
+        assert status["in_flight"] == 1
+
+
+def test_timed_out_call_keeps_its_slot_until_it_ends(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("sleeper.py", SCORING_TIMEOUT_MS="500", SCOREHOST_MAX_CONCURRENT_REQUESTS="1",
+                          SCOREHOST_MAX_QUEUE_WAIT_MS="200", SCOREHOST_WEDGED_AFTER_MS="60000")
+    first, _ = _timed_post(server.url, {"sleep_ms": 1500})
+    assert first.status_code == 504
+    second, elapsed = _timed_post(server.url, {"sleep_ms": 0})
+    assert second.status_code == 503, second.text
+    assert second.headers["retry-after"] == "1"
+    assert 0.2 <= elapsed < 0.3
+    time.sleep(1.2)  # the first call really ends; its slot comes back
+    third, _ = _timed_post(server.url, {"sleep_ms": 0})
+    assert third.status_code == 200
+
+
+def test_full_queue_is_refused_at_once(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("sleeper.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="1", SCOREHOST_MAX_QUEUE_LENGTH="2",
+                          SCOREHOST_MAX_QUEUE_WAIT_MS="3000")
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(_timed_post, server.url, {"sleep_ms": 1000}) for _ in range(6)]
+        results = [f.result(30) for f in futures]
+    statuses = sorted(r.status_code for r, _ in results)
+    assert statuses == [200, 200, 200, 503, 503, 503], statuses
+    refused = [(r, t) for r, t in results if r.status_code == 503]
+    for response, elapsed in refused:
+        assert "already waiting" in response.json()["message"]
+        assert response.headers["retry-after"] == "1"
+        assert elapsed < 0.5  # decided at once, not after the wait
+
+
+def test_queue_wait_budget_gives_503_on_time(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("sleeper.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="1", SCOREHOST_MAX_QUEUE_WAIT_MS="300")
+    blocker = threading.Thread(target=_timed_post, args=(server.url, {"sleep_ms": 1500}))
+    blocker.start()
+    time.sleep(0.2)
+    response, elapsed = _timed_post(server.url, {"sleep_ms": 0})
+    blocker.join(10)
+    assert response.status_code == 503
+    assert "within 300 ms" in response.json()["message"]
+    assert 0.3 <= elapsed < 0.35, elapsed
+
+
+def test_crashing_worker_gives_500_and_is_restarted(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("crasher.py")
+    with server.client() as c:
+        pid = c.post("/score", json={}).json()["pid"]
+        crashed = c.post("/score", json={"crash": True})
+        assert crashed.status_code == 500
+        assert "exited unexpectedly" in crashed.json()["message"]
+        assert crashed.headers["x-ms-run-function-failed"] == "True"
+        # One worker: liveness fails until the replacement is ready again.
+        assert c.get("/health/live").status_code == 503
+        server.wait_ready(timeout=20)
+        assert c.get("/health/live").status_code == 200
+        again = c.post("/score", json={})
+        assert again.status_code == 200 and again.json()["pid"] != pid
+        assert c.get("/health/ready").json()["detail"][0]["restarts"] == 1
+
+
+def test_other_workers_keep_serving_while_one_restarts(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("crasher.py", WORKER_COUNT="2")
+    with server.client() as c:
+        assert c.post("/score", json={"crash": True}).status_code == 500
+        # The other worker answers at once; liveness stays up.
+        for _ in range(5):
+            assert c.post("/score", json={}).status_code == 200
+        assert c.get("/health/live").status_code == 200
+        status = c.get("/health/ready").json()
+        assert status["workers"] == 2 and status["workers_ready"] >= 1
+
+
+def test_wedged_worker_is_replaced(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("sleeper.py", SCORING_TIMEOUT_MS="300", SCOREHOST_MAX_CONCURRENT_REQUESTS="1",
+                          SCOREHOST_WEDGED_AFTER_MS="500")
+    response, elapsed = _timed_post(server.url, {"sleep_ms": 30000, "mode": "gil"})
+    assert response.status_code == 504 and elapsed < 0.35
+    server.wait_for_log("is wedged", timeout=5)
+    server.wait_ready(timeout=20)
+    ok, _ = _timed_post(server.url, {"sleep_ms": 0})
+    assert ok.status_code == 200
+
+
+def test_async_run_is_concurrent_within_one_worker(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("async_run.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="8")
+    started = time.perf_counter()
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: _timed_post(server.url, {"sleep_ms": 500})[0], range(8)))
+    assert all(r.status_code == 200 and r.json()["async"] for r in results)
+    assert time.perf_counter() - started < 1.5
+
+
+def test_body_over_limit_is_413_before_reading(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("echo.py", SCOREHOST_MAX_REQUEST_BYTES="1000")
+    with server.client() as c:
+        r = c.post("/score", content=b"x" * 5000)
+        assert r.status_code == 413 and "exceeds the limit" in r.json()["message"]
+
+        def chunks():  # no Content-Length: counted while streaming
+            for _ in range(10):
+                yield b"y" * 500
+
+        r = c.post("/score", content=chunks())
+        assert r.status_code == 413
+        assert c.post("/score", content=b'"ok"').status_code == 200
+
+
+def test_print_in_run_is_logged_with_request_id(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("printer.py")
+    server.wait_for_log(r"scorehost.print - printer init done")
+    with server.client() as c:
+        r = c.post("/score", content=b"hi", headers={"x-request-id": "rid-123"})
+        assert r.headers["x-request-id"] == "rid-123"
+    server.wait_for_log(r"scorehost.print - scoring hi \[rid rid-123\]")
+    server.wait_for_log(r"user.script - user log line \[rid rid-123\]")
+    server.wait_for_log(r"scorehost.access - POST /score 200 .*\[rid rid-123\]")

@@ -1,0 +1,190 @@
+"""Real-server tests for start-up, probes, keep-alive and shutdown (subprocess on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import statistics
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import EXAMPLES, SCRIPTS, launch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("bad_init.py", "boom in init"),
+        ("syntax_error.py", "SyntaxError"),
+        ("no_run.py", "does not define a run() function"),
+        ("does_not_exist.py", "Entry script not found"),
+    ],
+)
+def test_broken_script_exits_nonzero_quickly_with_reason(script: str, expected: str) -> None:
+    started = time.monotonic()
+    handle = launch(env={"AZUREML_ENTRY_SCRIPT": str(SCRIPTS / script), "AZUREML_MODEL_DIR": str(EXAMPLES)},
+                    wait_listening=False)
+    code = handle.wait_exit(timeout=20)
+    elapsed = time.monotonic() - started
+    time.sleep(0.2)  # let the log pump drain
+    assert code == 3, handle.log
+    assert expected in handle.log
+    assert elapsed < 10
+    if script == "bad_init.py":
+        assert "Traceback" in handle.log
+        assert "Model directory tree" in handle.log and "model.onnx" in handle.log
+
+
+def test_invalid_setting_is_one_clear_line() -> None:
+    handle = launch(env={"SCORING_TIMEOUT_MS": "soon", "AZUREML_ENTRY_SCRIPT": str(SCRIPTS / "echo.py")},
+                    wait_listening=False)
+    assert handle.wait_exit(timeout=20) == 2
+    time.sleep(0.2)
+    lines = [line for line in handle.lines if line.strip()]
+    assert len(lines) == 1, handle.log
+    assert "scoring_timeout_ms" in lines[0] and "SCOREHOST_SCORING_TIMEOUT_MS" in lines[0]
+
+
+def test_probes_answer_during_slow_init(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("slow_init.py", ready=False, SLOW_INIT_S="3")
+    latencies = []
+    with server.client(timeout=2) as client:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            live = client.get("/health/live")
+            ready = client.get("/health/ready")
+            latencies.append(time.perf_counter() - t)
+            assert live.status_code == 200
+            assert ready.status_code == 503
+            assert ready.headers["retry-after"] == "1"
+            assert "init() has not finished" in ready.json()["message"]
+            assert client.get("/").text == "Healthy"
+            score = client.post("/score", content=b"{}")
+            assert score.status_code == 503 and "Retry-After" in score.headers
+        server.wait_ready(timeout=10)
+        assert client.post("/score", content=b"{}").json() == {"ok": True}
+    assert max(latencies) < 0.1, latencies
+
+
+def test_keep_alive_reuses_one_connection(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("echo.py")
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        for i in range(3):
+            body = json.dumps({"i": i}).encode()
+            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = int(next(v for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                              if k.lower() == b"content-length"))
+            while len(rest) < length:
+                rest += sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"connection: close" not in head.lower()
+            assert json.loads(json.loads(rest)) == {"i": i}
+
+
+def test_sigterm_flips_readiness_then_drains_in_flight(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("sleeper.py", SCOREHOST_SHUTDOWN_DELAY_S="1.0", SCOREHOST_MAX_CONCURRENT_REQUESTS="8")
+    results: list[int] = []
+
+    def slow_call() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            results.append(c.post("/score", json={"sleep_ms": 1500}).status_code)
+
+    threads = [threading.Thread(target=slow_call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    with server.client(timeout=2) as client:
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["draining"] is True
+        # Still serving during the delay, so load balancers have time to notice.
+        assert client.post("/score", json={"sleep_ms": 0}).status_code == 200
+    for t in threads:
+        t.join(10)
+    assert server.wait_exit(timeout=15) == 0
+    assert results == [200] * 6
+    assert "Draining" in server.log
+
+
+def test_sigterm_under_load_completes_every_request(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("sleeper.py", SCOREHOST_SHUTDOWN_DELAY_S="0.5", SCOREHOST_MAX_CONCURRENT_REQUESTS="4",
+                          SCOREHOST_MAX_QUEUE_WAIT_MS="5000")
+    statuses: list[int] = []
+    errors: list[str] = []
+    stop_at = time.monotonic() + 1.0
+
+    def loop() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            while time.monotonic() < stop_at:
+                try:
+                    statuses.append(c.post("/score", json={"sleep_ms": 50}).status_code)
+                except httpx.HTTPError as exc:  # refused after the listener closed: not in flight
+                    errors.append(type(exc).__name__)
+                    return
+
+    threads = [threading.Thread(target=loop) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)
+    server.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(15)
+    assert server.wait_exit(timeout=15) == 0
+    assert statuses and set(statuses) == {200}, statuses
+    # Only connection attempts after the listener closed may fail; nothing in flight was dropped.
+    assert all(e in ("ConnectError", "RemoteProtocolError") for e in errors)
+
+
+def test_probe_latency_under_saturation_and_hung_call(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("sleeper.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="2", SCORING_TIMEOUT_MS="8000",
+                          SCOREHOST_WEDGED_AFTER_MS="60000")
+    # One slot hung in a C call that holds the GIL, the other busy sleeping.
+    def call(payload: dict[str, object]) -> None:
+        with httpx.Client(base_url=server.url, timeout=15) as c:
+            c.post("/score", json=payload)
+
+    hung = threading.Thread(target=call, args=({"sleep_ms": 4000, "mode": "gil"},))
+    busy = threading.Thread(target=call, args=({"sleep_ms": 4000},))
+    hung.start()
+    busy.start()
+    time.sleep(0.3)
+    latencies = []
+    with server.client(timeout=2) as client:
+        assert client.get("/health/ready").json()["in_flight"] == 2
+        for _ in range(200):
+            t = time.perf_counter()
+            assert client.get("/health/live").status_code == 200
+            assert client.get("/health/ready").status_code == 200
+            latencies.append((time.perf_counter() - t) / 2)
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    assert p99 < 0.010, f"p99 {p99 * 1000:.2f} ms, median {statistics.median(latencies) * 1000:.2f} ms"
+    hung.join(15)
+    busy.join(15)
+
+
+def test_cli_probe_command(start_server) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    server = start_server("echo.py")
+    port = server.url.rsplit(":", 1)[1]
+    ok = subprocess.run([sys.executable, "-m", "server", "probe", "--port", port], timeout=10)
+    assert ok.returncode == 0
+    bad = subprocess.run([sys.executable, "-m", "server", "probe", "--port", port, "--path", "/nope"],
+                         timeout=10, capture_output=True)
+    assert bad.returncode == 1
