@@ -6,6 +6,7 @@ The weights come from a fixed seed, so the file is the same on every machine.
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 import sys
 
@@ -21,7 +22,7 @@ def build(path: pathlib.Path, seed: int = 0) -> None:
     inits = []
     nodes = []
     prev, sizes = "data", [N_IN, N_HIDDEN, N_HIDDEN, N_OUT]
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
         bias = (rng.standard_normal(b) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]

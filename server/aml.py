@@ -87,7 +87,7 @@ class Args:
     def __init__(self, query: str) -> None:
         self._pairs = parse_qsl(query, keep_blank_values=True)
 
-    def get(self, key: str, default: Any = None, type: Callable[[str], Any] | None = None) -> Any:  # noqa: A002
+    def get(self, key: str, default: Any = None, type: Callable[[str], Any] | None = None) -> Any:
         for k, v in self._pairs:
             if k == key:
                 if type is None:

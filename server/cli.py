@@ -88,7 +88,7 @@ def probe(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     url = f"http://{args.host}:{args.port}{args.path}"
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:  # noqa: S310 - loopback URL
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
             ok = response.status == 200
     except (urllib.error.URLError, OSError) as exc:
         print(f"probe {url}: {exc}", file=sys.stderr)

@@ -261,6 +261,10 @@ class EntryScript:
                 kwargs[param.name] = payload[param.name]
             elif param.default is inspect.Parameter.empty:
                 raise BadRequest(f"A value is not provided for the '{param.name}' parameter.")
+            else:
+                # NOTE: inference-schema's decorator indexes every declared parameter,
+                # so defaults are passed explicitly rather than left out.
+                kwargs[param.name] = param.default
         return kwargs
 
     @staticmethod

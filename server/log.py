@@ -17,6 +17,7 @@ import atexit
 import contextvars
 import io
 import logging
+import os
 import sys
 import threading
 import time
@@ -146,3 +147,45 @@ class PrintToLog(io.TextIOBase):
         if rest:
             self._local.pending = ""
             self._logger.log(self._level, "%s", rest)
+
+
+class AccessLog:
+    """The per-request access line, written without the ``logging`` machinery.
+
+    One line per request is the hottest log call there is: building a LogRecord,
+    formatting its time and walking the handlers cost about a third of a request on
+    one core. This writes the same line (same format, same stream, same batched
+    flush) from a cached timestamp and one ``%`` format.
+    """
+
+    def __init__(self, fmt: str = "text", name: str = "scorehost.access") -> None:
+        self.json = fmt == "json"
+        self.name = name
+        self.pid = os.getpid()
+        self._second = -1
+        self._stamp = ""
+        self._handler = next((h for h in logging.getLogger().handlers if isinstance(h, DeferredFlushHandler)), None)
+
+    def _now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return "%s,%03d" % (self._stamp, int((now - second) * 1000))  # noqa: UP031 - hot path
+
+    def write(self, method: str, path: str, status: int, ms: float, size: int, request_id: str) -> None:
+        if self.json:
+            line = orjson.dumps({"time": self._now(), "level": "INFO", "pid": self.pid, "logger": self.name,
+                                 "message": f"{method} {path} {status} {ms:.3f}ms {size}",
+                                 "request_id": request_id}).decode()
+        else:
+            line = "%s I [%d] %s - %s %s %d %.3fms %d [rid %s]" % (  # noqa: UP031 - hot path
+                self._now(), self.pid, self.name, method, path, status, ms, size, request_id)
+        handler = self._handler
+        if handler is None:
+            logging.getLogger(self.name).info("%s", line)
+            return
+        with handler.lock:  # type: ignore[union-attr]
+            handler.stream.write(line + "\n")
+            handler._dirty = True

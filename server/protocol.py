@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,25 +132,33 @@ def decode_message(frame: memoryview) -> dict[str, Any]:
 
 
 class FrameBuffer:
-    """Accumulates bytes from a stream and yields whole frames."""
+    """Accumulates bytes from a stream and yields whole frames.
+
+    Frames are views into the received chunk (no copy) unless a frame straddles
+    two reads, which only the rare partial read pays for.
+    """
 
     __slots__ = ("_buf",)
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[memoryview]:
-        buf = self._buf
-        buf += data
+    def feed(self, data: bytes) -> list[memoryview]:
+        if self._buf:
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        view = memoryview(data)
         pos = 0
-        end = len(buf)
+        end = len(data)
         frames: list[memoryview] = []
+        unpack = _LEN.unpack_from
         while end - pos >= 4:
-            (size,) = _LEN.unpack_from(buf, pos)
+            (size,) = unpack(view, pos)
             if end - pos - 4 < size:
                 break
-            frames.append(memoryview(bytes(buf[pos + 4 : pos + 4 + size])))
+            frames.append(view[pos + 4 : pos + 4 + size])
             pos += 4 + size
-        if pos:
-            del buf[:pos]
-        return iter(frames)
+        if pos < end:
+            self._buf += view[pos:]
+        return frames

@@ -28,12 +28,12 @@ from .errors import (
     ScoreHostError,
     Unauthorized,
 )
+from .log import AccessLog
 from .pool import WorkerPool
 from .responses import RawResponse, json_response, render_error, render_reply, text_response
 from .settings import Settings
 
 logger = logging.getLogger("scorehost.http")
-access = logging.getLogger("scorehost.access")
 
 MAX_ID_LENGTH = 100
 SCORE_METHODS = ("GET", "POST", "OPTIONS")
@@ -55,6 +55,7 @@ class Handlers:
         self.log_access = settings.access_log
         self.log_probes = settings.access_log_probes
         self._bearer = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+        self.access = AccessLog(settings.log_format)
 
     # --- helpers -------------------------------------------------------------
     def _scan(self, request: Request) -> tuple[Ids, dict[bytes, bytes]]:
@@ -110,8 +111,7 @@ class Handlers:
         qs = request.scope["query_string"]
         if qs:
             path = f"{path}?{qs.decode('latin-1')}"
-        access.info("%s %s %d %.3fms %d", request.scope["method"], path, status,
-                    (time.perf_counter() - started) * 1000.0, size, extra={"request_id": rid})
+        self.access.write(request.scope["method"], path, status, (time.perf_counter() - started) * 1000.0, size, rid)
 
     # --- /score --------------------------------------------------------------
     async def score(self, request: Request) -> Response:
@@ -145,8 +145,10 @@ class Handlers:
         scope = request.scope
         if level == 0:
             return orjson.dumps({"q": scope["query_string"].decode("latin-1")}) if method == "GET" else b""
-        meta: dict[str, Any] = {"q": scope["query_string"].decode("latin-1"),
-                                "ct": found.get(_CTYPE, b"").decode("latin-1")}
+        meta: dict[str, Any] = {
+            "q": scope["query_string"].decode("latin-1"),
+            "ct": found.get(_CTYPE, b"").decode("latin-1"),
+        }
         if level >= 2:
             meta["p"] = scope["path"]
             meta["h"] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
@@ -156,11 +158,23 @@ class Handlers:
     def _error(self, request: Request, exc: ScoreHostError, ids: Ids | None, *, v2: bool = False) -> RawResponse:
         rid = ids[0] if ids else "-"
         if exc.status_code >= 500:
-            logger.warning("%s %s -> %d: %s", request.scope["method"], request.scope["path"], exc.status_code,
-                           exc.message, extra={"request_id": rid})
+            logger.warning(
+                "%s %s -> %d: %s",
+                request.scope["method"],
+                request.scope["path"],
+                exc.status_code,
+                exc.message,
+                extra={"request_id": rid},
+            )
         else:
-            logger.info("%s %s -> %d: %s", request.scope["method"], request.scope["path"], exc.status_code,
-                        exc.message, extra={"request_id": rid})
+            logger.info(
+                "%s %s -> %d: %s",
+                request.scope["method"],
+                request.scope["path"],
+                exc.status_code,
+                exc.message,
+                extra={"request_id": rid},
+            )
         return render_error(exc, ids, v2=v2)
 
     # --- /v2 -----------------------------------------------------------------
@@ -174,9 +188,13 @@ class Handlers:
                 raise MethodNotAllowed("The method is not allowed for the requested URL.")
             self._check_auth(found)
             body = await self._body(request, found)
-            meta = orjson.dumps({"p": request.scope["path"], "q": request.scope["query_string"].decode("latin-1"),
-                                 "h": [(k.decode("latin-1"), v.decode("latin-1"))
-                                       for k, v in request.scope["headers"]]})
+            meta = orjson.dumps(
+                {
+                    "p": request.scope["path"],
+                    "q": request.scope["query_string"].decode("latin-1"),
+                    "h": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]],
+                }
+            )
             reply = await self.pool.call(protocol.TARGET_V2, method, ids[0], body, meta)
             response = render_reply(reply, ids)
         except _IdTooLong as exc:
@@ -232,13 +250,16 @@ class Handlers:
         return json_response(200, doc)
 
     async def not_found(self, request: Request) -> Response:
-        return render_error(NotFound("The requested URL was not found on the server. If you entered the URL "
-                                     "manually please check your spelling and try again."),
-                            v2=request.scope["path"].startswith("/v2"))
+        return render_error(
+            NotFound(
+                "The requested URL was not found on the server. If you entered the URL "
+                "manually please check your spelling and try again."
+            ),
+            v2=request.scope["path"].startswith("/v2"),
+        )
 
 
 class _IdTooLong(Exception):
     def __init__(self, error: HeaderTooLarge) -> None:
         super().__init__(error.message)
         self.error = error
-

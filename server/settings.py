@@ -184,7 +184,12 @@ class Settings(BaseSettings):
     """Per-session CUDA arena limit in MB; 0: ONNX Runtime's default (no limit)."""
 
     ort_threads: int = Field(0, ge=0, le=1024, validation_alias=_env("ort_threads"))
-    """Intra-op threads of the one thread pool all sessions share; 0: the CPUs available."""
+    """Intra-op threads of the one thread pool all sessions share; 0: the CPUs available.
+    1: single-threaded sessions and no process-wide pool (see docs/models.md)."""
+
+    model_compact: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("model_compact"))
+    """Sessions without weight pre-packing and memory patterns: about 55 KB less per small model at
+    the same batch-1 latency. ``auto``: on when the store holds more than 100 models."""
 
     # --- validation ----------------------------------------------------------
     @field_validator("cors_origins", mode="before")

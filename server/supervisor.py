@@ -122,7 +122,7 @@ def serve(settings: Settings) -> int:
         log_config=None,
         server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=settings.graceful_timeout_s,
+        timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)),
         timeout_keep_alive=5,
         backlog=2048,
     )

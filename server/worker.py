@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -164,14 +165,12 @@ class WorkerProtocol(asyncio.Protocol):
         host = self.host
         if call.target == protocol.TARGET_SCORE and host.async_score:
             task = self.loop.create_task(host.handle_async(call))
-            task.add_done_callback(lambda t, cid=call.call_id: self._finished(cid, t))
+            task.add_done_callback(functools.partial(self._finished, call.call_id))
         elif self.pool is None:
             self._send(call.call_id, self._run_sync(call, received))
         else:
             future = self.pool.submit(self._run_sync, call, received)
-            future.add_done_callback(
-                lambda f, cid=call.call_id: self.loop.call_soon_threadsafe(self._finished, cid, f)
-            )
+            future.add_done_callback(functools.partial(self._finished_threadsafe, call.call_id))
 
     def _run_sync(self, call: Call, received: float) -> Reply:
         # NOTE: calls can wait here behind others (pipelining, or a stuck call);
@@ -180,6 +179,9 @@ class WorkerProtocol(asyncio.Protocol):
         if time.monotonic() - received > self.timeout_s:
             return Reply.error(504, "Scoring timeout before run() started", run_failed=True)
         return self.host.handle_sync(call)
+
+    def _finished_threadsafe(self, call_id: int, future: Future[Reply]) -> None:
+        self.loop.call_soon_threadsafe(self._finished, call_id, future)
 
     def _finished(self, call_id: int, future: asyncio.Future[Reply] | Future[Reply]) -> None:
         try:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import time
 
-
 _NS_PER_ITEM = 10.0
 
 
