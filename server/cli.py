@@ -13,12 +13,18 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .settings import PREFIX, Settings
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from .settings import Settings
+
+# NOTE: pydantic and the settings are imported lazily: `scorehost probe` is the images'
+# HEALTHCHECK and runs every few seconds, so its start-up cost matters.
+PREFIX = "SCOREHOST_"
 
 # flag -> settings field
 _FLAGS: dict[str, tuple[str, type, str]] = {
@@ -56,12 +62,16 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(argv: list[str]) -> Settings:
+    from .settings import Settings
+
     args = vars(_serve_parser().parse_args(argv))
     return Settings(**args)
 
 
 def describe_error(exc: ValidationError) -> str:
     """One line naming the setting, its environment variable and what was wrong."""
+    from .settings import Settings
+
     err = exc.errors()[0]
     loc = str(err["loc"][0]) if err["loc"] else ""
     msg = err["msg"].removeprefix("Value error, ")
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if command != "serve":
         print(f"scorehost: unknown command {command!r} (use serve, probe or k8s)", file=sys.stderr)
         return 2
+    from pydantic import ValidationError
+
     try:
         settings = settings_from_args(rest)
     except ValidationError as exc:

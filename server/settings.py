@@ -183,9 +183,10 @@ class Settings(BaseSettings):
     gpu_mem_limit_mb: int = Field(0, ge=0, validation_alias=_env("gpu_mem_limit_mb"))
     """Per-session CUDA arena limit in MB; 0: ONNX Runtime's default (no limit)."""
 
-    ort_threads: int = Field(0, ge=0, le=1024, validation_alias=_env("ort_threads"))
-    """Intra-op threads of the one thread pool all sessions share; 0: the CPUs available.
-    1: single-threaded sessions and no process-wide pool (see docs/models.md)."""
+    ort_threads: int = Field(1, ge=0, le=1024, validation_alias=_env("ort_threads"))
+    """Intra-op threads for the model store's sessions. 1 (default): single-threaded sessions and no
+    process-wide pool; parallelism comes from ``max_concurrent_requests``. >1: one global pool of that
+    size shared by every session (it spins, see docs/models.md); 0: a global pool of the CPUs available."""
 
     model_compact: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("model_compact"))
     """Sessions without weight pre-packing and memory patterns: about 55 KB less per small model at

@@ -109,7 +109,7 @@ class Host:
         headers = {k: v for k, v in meta.get("h", [])}
         try:
             reply: Reply = handler.handle(call.method, meta.get("p", "/v2"), meta.get("q", ""), call.body,
-                                          headers=headers)
+                                          headers=headers, request_id=call.request_id)
         except Exception:
             logger.exception("V2 handler failed")
             return Reply(500, b'{"error":"Internal error while serving the model."}')

@@ -1,0 +1,353 @@
+"""Run one load profile headless and write reports a person would rather look at.
+
+    python -m loadtests.run steady --duration-s 30 --users 32          # starts a local scorehost
+    python -m loadtests.run spike --server-cpus 0 --locust-cpus 1      # pinned, as the benchmarks are
+    python -m loadtests.run ramp --host https://my-endpoint.example --api-key "$KEY" \\
+        --payload my-request.json --p99-target-ms 100                  # your own deployment
+
+Without ``--host`` it starts ``scorehost serve`` on 127.0.0.1 with what the profile
+needs (the example model; the sleeper script with a short SCORING_TIMEOUT_MS for
+``timeout``; a folder of generated ONNX models for ``multi-model``; a short queue for
+``spike``), waits for ``/health/ready`` and stops it afterwards.
+
+Writes to ``loadtests/results/<time>-<profile>/``: Locust's CSV and HTML reports,
+``summary.md`` / ``summary.json`` (req/s, p50/p90/p99/max, errors by status, the
+profile's checks), ``timeline.png`` (latency and throughput over time), ``ramp.png`` /
+``models.png`` where they apply, every request in ``requests.npz``, and the logs.
+Exit status: 0 when every check passed, 1 when one failed, 2 when the run could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: python loadtests/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtests import analysis, plots, procs, profiles
+from loadtests import models as model_gen
+from loadtests import payloads as pl
+
+log = logging.getLogger("loadtests")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+LOCUSTFILE = HERE / "locustfile.py"
+EXAMPLE_SCRIPT = REPO / "examples" / "score.py"
+EXAMPLE_MODEL_DIR = REPO / "examples" / "model"
+ECHO_SCRIPT = HERE / "scripts" / "echo.py"
+SLEEPER_SCRIPT = HERE / "scripts" / "sleeper.py"
+
+# Server settings each profile needs when the runner starts the server itself.
+PROFILE_SERVER_ENV: dict[str, dict[str, str]] = {
+    # A short queue and wait: the burst must be refused at once, not queued for seconds.
+    "spike": {"SCOREHOST_MAX_QUEUE_LENGTH": "16", "SCOREHOST_MAX_QUEUE_WAIT_MS": "100"},
+    # Enough slots that sleeping slow calls cannot starve the fast ones.
+    "timeout": {"SCOREHOST_MAX_CONCURRENT_REQUESTS": "64"},
+}
+# Grace on top of the planned run time before the runner gives up on Locust.
+LOCUST_GRACE_S = 60.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("profile", choices=profiles.PROFILES)
+    target = parser.add_argument_group("target")
+    target.add_argument("--host", help="base URL of a running deployment; default: start a local scorehost")
+    target.add_argument("--entry-script", type=Path, help="score.py for the local server (default per profile)")
+    target.add_argument("--model-dir", type=Path, help="model folder for the local server")
+    target.add_argument("--workers", type=int, help="--worker_count of the local server")
+    target.add_argument("--model-count", type=int, default=8, help="multi-model: models to generate (default 8)")
+    target.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the local server (repeatable)",
+    )
+    target.add_argument(
+        "--access-log",
+        action="store_true",
+        help="keep the local server's access log on (off by default: it costs CPU)",
+    )
+    target.add_argument("--server-cpus", help="pin the local server to these CPUs (taskset list, e.g. 0)")
+    target.add_argument("--locust-cpus", help="pin Locust to these CPUs (e.g. 1)")
+    target.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+
+    params = parser.add_argument_group("profile parameters (unset: the profile's default)")
+    for spec in profiles.param_specs():
+        if spec.name in ("profile", "out", "progress"):
+            continue
+        flags = [spec.flag] + (["--duration"] if spec.name == "duration_s" else [])
+        params.add_argument(
+            *flags, dest=spec.name, type=profiles.arg_type(spec.kind), default=None, help=spec.help_text()
+        )
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="result folder (default loadtests/results/<time>-<profile>)")
+    out.add_argument("--no-plots", action="store_true")
+    out.add_argument("--quiet", action="store_true", help="no progress lines")
+    out.add_argument("--locust-arg", action="append", default=[], help="extra argument for Locust (repeatable)")
+    return parser
+
+
+def _env_pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--server-env wants KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _example_or_echo() -> tuple[Path, Path | None]:
+    if EXAMPLE_SCRIPT.exists():
+        return EXAMPLE_SCRIPT, EXAMPLE_MODEL_DIR if EXAMPLE_MODEL_DIR.exists() else None
+    log.warning("examples/score.py not found; serving the echo script instead")
+    return ECHO_SCRIPT, None
+
+
+def plan_local_server(
+    args: argparse.Namespace, given: dict[str, Any]
+) -> tuple[Path | None, Path | None, dict[str, str]]:
+    """(entry script, model dir, env) for the profile; also fills profile parameters it implies."""
+    env: dict[str, str] = {
+        "SCOREHOST_ACCESS_LOG": "true" if args.access_log else "false",
+        # A throwaway server: no need to keep answering for 2 s after SIGTERM.
+        "SCOREHOST_SHUTDOWN_DELAY_S": "0",
+    }
+    env.update(PROFILE_SERVER_ENV.get(args.profile, {}))
+    script: Path | None
+    model_dir: Path | None
+    if args.profile == "multi-model":
+        count = max(args.model_count, 1)
+        model_dir = args.model_dir or RESULTS / "_models" / f"{model_gen.MODEL_PREFIX}{count}"
+        if args.model_dir is None:
+            names = model_gen.make_model_repo(model_dir, count)
+        else:
+            names = sorted(p.name for p in model_dir.iterdir() if p.is_dir())
+        if given.get("models") is None:
+            given["models"] = ",".join(names)
+        script = args.entry_script
+    elif args.profile == "timeout":
+        script = args.entry_script or SLEEPER_SCRIPT
+        model_dir = args.model_dir
+        cfg = profiles.LoadConfig.build(given)
+        env["SCORING_TIMEOUT_MS"] = str(int(cfg.timeout_ms))
+    else:
+        default_script, default_dir = _example_or_echo()
+        script = args.entry_script or default_script
+        model_dir = args.model_dir or (default_dir if args.entry_script is None else None)
+    env.update(_env_pairs(args.server_env))
+    return script, model_dir, env
+
+
+def locust_command(
+    cfg_given: dict[str, Any], cfg: profiles.LoadConfig, host: str, out: Path, args: argparse.Namespace
+) -> list[str]:
+    run_s = max(math.ceil(profiles.total_seconds(cfg)), 1)
+    cmd = [
+        *procs.taskset_prefix(args.locust_cpus),
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(cfg.users),
+        "-t",
+        f"{run_s}s",
+        "--csv",
+        str(out / "locust"),
+        "--csv-full-history",
+        "--html",
+        str(out / "locust_report.html"),
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+        "--stop-timeout",
+        "0",
+    ]
+    for spec in profiles.param_specs():
+        if spec.locust_common or spec.name in ("profile", "out", "progress"):
+            continue
+        value = cfg_given.get(spec.name)
+        if value is not None:
+            cmd += [spec.locust_flag, str(value)]
+    cmd += ["--lt-profile", cfg.profile, "--lt-out", str(out / "requests"), "--lt-progress", "true"]
+    return cmd + list(args.locust_arg)
+
+
+def _redact(cmd: list[str]) -> str:
+    out = []
+    hide = False
+    for part in cmd:
+        out.append("***" if hide else part)
+        hide = part in ("--lt-api-key",)
+    return " ".join(out)
+
+
+def run_locust(cmd: list[str], log_path: Path, timeout_s: float, quiet: bool) -> int:
+    """Run Locust, keep its whole output in a log and echo the progress lines."""
+    tty = sys.stdout.isatty()
+    with open(log_path, "w", encoding="utf-8") as logf:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=str(REPO),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        # Reading lines blocks, so a timer enforces the deadline.
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                logf.write(line)
+                if line.startswith("[progress]") and not quiet:
+                    text = line[len("[progress]") :].rstrip()
+                    if tty:
+                        sys.stdout.write("\r\x1b[2K" + text)
+                    else:
+                        sys.stdout.write(text + "\n")
+                    sys.stdout.flush()
+                elif ("ERROR" in line or "Traceback" in line) and not quiet:
+                    sys.stderr.write(line)
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+    if tty and not quiet:
+        sys.stdout.write("\n")
+    return rc
+
+
+def analyse(out: Path, no_plots: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    run = analysis.load_run(out / "requests")
+    summary = analysis.summarize(run)
+    check_list = analysis.checks(run, summary)
+    files = [
+        "summary.md",
+        "summary.json",
+        "locust_report.html",
+        "locust_stats.csv",
+        "locust_stats_history.csv",
+        "requests.npz",
+        "locust.log",
+    ]
+    if not no_plots:
+        ser = analysis.series(run)
+        plots.plot_timeline(run, ser, summary, out / "timeline.png")
+        files.insert(0, "timeline.png")
+        if plots.plot_ramp(summary, out / "ramp.png"):
+            files.insert(1, "ramp.png")
+        if plots.plot_models(summary, out / "models.png"):
+            files.insert(1, "models.png")
+    if (out / "server.log").exists():
+        files.append("server.log")
+    (out / "summary.json").write_text(json.dumps({**summary, "checks": check_list}, indent=1))
+    (out / "summary.md").write_text(analysis.markdown(summary, check_list, files))
+    return summary, check_list
+
+
+def print_summary(summary: dict[str, Any], check_list: list[dict[str, Any]], out: Path) -> None:
+    o = summary["overall"]
+    errs = ", ".join(f"{k}: {v}" for k, v in o["errors_by_status"].items()) or "none"
+
+    def ms(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    print(
+        f"\n{summary['profile']} against {summary['host']}: {o['requests']:,} requests "
+        f"in {o['seconds']:.1f} s = {o['rps'] or 0:,.0f} req/s"
+    )
+    print(f"latency ms: p50 {ms(o['p50_ms'])}  p90 {ms(o['p90_ms'])}  p99 {ms(o['p99_ms'])}  max {ms(o['max_ms'])}")
+    print(f"errors by status: {errs}  (0 = no HTTP answer)")
+    k = summary.get("knee")
+    if k:
+        print(f"knee: {k['rps']:,.0f} req/s at {k['users']} users (p99 {ms(k['p99_ms'])} ms)")
+    for c in check_list:
+        print(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']}: {c['detail']}")
+    print(f"results: {out}/ (timeline.png, summary.md, locust_report.html)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    given: dict[str, Any] = {
+        spec.name: getattr(args, spec.name, None)
+        for spec in profiles.param_specs()
+        if spec.name not in ("out", "progress")
+    }
+    given["profile"] = args.profile
+    out: Path = args.out or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.profile}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    server: procs.Server | None = None
+    commands: dict[str, str] = {}
+    try:
+        if args.host:
+            host = args.host.rstrip("/")
+        else:
+            script, model_dir, env = plan_local_server(args, given)
+            port = procs.free_port()
+            cmd = procs.scorehost_cmd(entry_script=script, model_dir=model_dir, port=port, workers=args.workers)
+            commands["server"] = " ".join(f"{k}={v}" for k, v in env.items()) + " " + " ".join(cmd)
+            server = procs.start_server(
+                "scorehost",
+                cmd,
+                port=port,
+                log_path=out / "server.log",
+                env=env,
+                cpus=args.server_cpus,
+                timeout_s=args.start_timeout,
+            )
+            host = server.url
+        if given.get("payload") is None and given.get("model") is None and args.profile in ("steady", "ramp", "spike"):
+            given["payload"] = str(pl.b1_file())
+        cfg = profiles.LoadConfig.build(given)
+        cmd = locust_command(given, cfg, host, out, args)
+        commands["locust"] = _redact(cmd)
+        (out / "commands.txt").write_text("\n".join(f"{k}: {v}" for k, v in commands.items()) + "\n")
+        planned = profiles.total_seconds(cfg)
+        print(f"running {cfg.profile} against {host} for about {planned:.0f} s -> {out}", flush=True)
+        rc = run_locust(cmd, out / "locust.log", planned + LOCUST_GRACE_S, args.quiet)
+        if server is not None and not server.alive():
+            log.error("the server died during the run:\n%s", server.log_tail())
+        if rc != 0 or not (out / "requests.meta.json").exists():
+            log.error("locust failed (exit %d); see %s", rc, out / "locust.log")
+            return 2
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        if server is not None:
+            procs.stop_server(server)
+
+    summary, check_list = analyse(out, args.no_plots)
+    print_summary(summary, check_list, out)
+    return 0 if all(c["ok"] for c in check_list) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Container tests: build the images and run them (marker ``container``)."""
