@@ -131,10 +131,13 @@ class _Connection(asyncio.Protocol):
         # NOTE: uvloop's transports do not subclass asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, urgent: bool = True) -> None:
+        """Queue a frame. Urgent frames (a call that can start at once) leave at the end
+        of this loop iteration; the others (pipelined calls that would only wait in the
+        worker) leave with the next batch, when the worker next replies, so one wake-up
+        of the worker serves a whole batch whatever the scheduler does."""
         self.out.append(data)
-        if not self.scheduled:
-            # NOTE: calls dispatched in one loop iteration share one write.
+        if urgent and not self.scheduled:
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -157,6 +160,11 @@ class _Connection(asyncio.Protocol):
                 worker.models = protocol.decode_message(frame).get("models")
             elif kind == protocol.FAILED:
                 worker.fail_message = protocol.decode_message(frame).get("message")
+        if self.out and not self.scheduled:
+            # NOTE: scheduled, not immediate: waiters handed a slot by these replies
+            # dispatch first and join the same write.
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.generation == self.worker.generation:
@@ -224,11 +232,7 @@ class WorkerPool:
         logger.info("Worker %d is ready (pid %s) after %.2f s", worker.index, info.get("pid"),
                     worker.ready_at - worker.started_at)
         # Waiters queued while no worker was ready get this worker's slots first.
-        while worker.busy < worker.capacity and self.queue.has_waiters:
-            worker.busy += 1
-            if not self.queue.hand_off(worker):
-                worker.busy -= 1
-                break
+        self._fill(worker)
 
     async def _on_exit(self, worker: Worker) -> None:
         proc = worker.proc
@@ -373,9 +377,19 @@ class WorkerPool:
         return best
 
     def _release(self, worker: Worker) -> None:
-        if worker.state is State.READY and worker.busy <= worker.capacity and self.queue.hand_off(worker):
-            return  # the slot passed straight to the oldest waiter
         worker.busy = max(0, worker.busy - 1)
+        self._fill(worker)
+
+    def _fill(self, worker: Worker) -> None:
+        """Hand the worker's free capacity to the oldest waiters.
+
+        NOTE: not just the one slot a reply frees: capacity grows when calls turn out
+        short (pipelining), and while requests wait nobody else would claim it."""
+        while worker.state is State.READY and worker.busy < worker.capacity and self.queue.has_waiters:
+            worker.busy += 1
+            if not self.queue.hand_off(worker):
+                worker.busy -= 1
+                return
 
     async def call(
         self, target: int, method: str, request_id: str, body: bytes, meta: bytes = b""
@@ -398,7 +412,8 @@ class WorkerPool:
         call_id = self._ids
         future: asyncio.Future[Reply] = self._loop.create_future()
         worker.in_flight[call_id] = Pending(future, time.monotonic() + self.timeout_s)
-        worker.conn.send(protocol.encode_call(call_id, target, method, request_id, body, meta))
+        urgent = len(worker.in_flight) <= worker.slots
+        worker.conn.send(protocol.encode_call(call_id, target, method, request_id, body, meta), urgent)
         return await future
 
     def _on_reply(self, worker: Worker, call_id: int, reply: Reply) -> None:
