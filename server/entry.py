@@ -273,38 +273,45 @@ class EntryScript:
         return aml.AMLRequest(call.method, meta.get("p", "/score"), meta.get("q", ""), headers,
                               call.body, meta.get("b", "http://localhost"))
 
-    def call_sync(self, call: Call) -> Reply:
-        """Run a synchronous ``run()`` for one call; never raises."""
-        assert self._run is not None
+    def _prepare(self, call: Call) -> dict[str, Any] | Reply:
+        """The keyword arguments for ``run()``, or the 400/415 reply for bad input."""
         try:
-            kwargs = self._arguments(call)
+            return self._arguments(call)
         except ScoreHostError as exc:
             logger.info("Rejected input: %s", exc.message)
             return Reply.error(exc.status_code, exc.message)
+
+    @staticmethod
+    def _raised() -> Reply:
+        logger.exception("run() raised an exception")
+        return Reply.error(500, SCRIPT_ERROR_MESSAGE, run_failed=True)
+
+    def call_sync(self, call: Call) -> Reply:
+        """Run a synchronous ``run()`` for one call; never raises."""
+        assert self._run is not None
+        kwargs = self._prepare(call)
+        if isinstance(kwargs, Reply):
+            return kwargs
         started = time.perf_counter()
         try:
             result = self._run(**kwargs)
         except Exception:
-            logger.exception("run() raised an exception")
-            return Reply.error(500, SCRIPT_ERROR_MESSAGE, run_failed=True)
+            return self._raised()
         return self.render(result, (time.perf_counter() - started) * 1000.0)
 
     async def call_async(self, call: Call) -> Reply:
         """Await an ``async def run()`` for one call; never raises."""
         assert self._run is not None
-        try:
-            kwargs = self._arguments(call)
-        except ScoreHostError as exc:
-            logger.info("Rejected input: %s", exc.message)
-            return Reply.error(exc.status_code, exc.message)
+        kwargs = self._prepare(call)
+        if isinstance(kwargs, Reply):
+            return kwargs
         started = time.perf_counter()
         try:
             result = self._run(**kwargs)
             if inspect.isawaitable(result):
                 result = await result
         except Exception:
-            logger.exception("run() raised an exception")
-            return Reply.error(500, SCRIPT_ERROR_MESSAGE, run_failed=True)
+            return self._raised()
         return self.render(result, (time.perf_counter() - started) * 1000.0)
 
     @staticmethod

@@ -12,6 +12,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -38,6 +39,7 @@ logger = logging.getLogger("scorehost.http")
 MAX_ID_LENGTH = 100
 SCORE_METHODS = ("GET", "POST", "OPTIONS")
 Ids = tuple[str, str | None, str | None]
+Work = Callable[[Request, Ids, dict[bytes, bytes]], Awaitable[RawResponse]]
 
 _X_REQUEST_ID = b"x-request-id"
 _CLIENT_IDS = (b"x-ms-client-request-id", b"x-ms-request-id")
@@ -113,32 +115,49 @@ class Handlers:
             path = f"{path}?{qs.decode('latin-1')}"
         self.access.write(request.scope["method"], path, status, (time.perf_counter() - started) * 1000.0, size, rid)
 
-    # --- /score --------------------------------------------------------------
-    async def score(self, request: Request) -> Response:
+    # --- /score and /v2 ---------------------------------------------------------
+    async def _handle(self, request: Request, work: Work, *, v2: bool) -> Response:
+        """What both forwarding routes share: ids, errors rendered, the access line."""
         started = time.perf_counter()
         ids: Ids | None = None
         try:
             ids, found = self._scan(request)
-            method = request.scope["method"]
-            if method not in SCORE_METHODS:
-                raise MethodNotAllowed("The method is not allowed for the requested URL.")
-            self._check_auth(found)
-            script = self.pool.script
-            level = script["meta_level"] if script else 0
-            if method == "OPTIONS" and (script is None or script["mode"] != "raw"):
-                response: RawResponse = render_reply(protocol.Reply(200, b"", None), ids)
-            else:
-                body = await self._body(request, found)
-                meta = self._meta(request, level, found, method)
-                reply = await self.pool.call(protocol.TARGET_SCORE, method, ids[0], body, meta)
-                response = render_reply(reply, ids)
+            response = await work(request, ids, found)
         except _IdTooLong as exc:
-            response = render_error(exc.error)
+            response = render_error(exc.error, v2=v2)
         except ScoreHostError as exc:
-            response = self._error(request, exc, ids)
+            response = self._error(request, exc, ids, v2=v2)
         if self.log_access:
             self._log(request, response.status_code, started, ids[0] if ids else "-", len(response.body))
         return response
+
+    async def score(self, request: Request) -> Response:
+        return await self._handle(request, self._score, v2=False)
+
+    async def v2(self, request: Request) -> Response:
+        return await self._handle(request, self._v2, v2=True)
+
+    async def _score(self, request: Request, ids: Ids, found: dict[bytes, bytes]) -> RawResponse:
+        method = request.scope["method"]
+        if method not in SCORE_METHODS:
+            raise MethodNotAllowed("The method is not allowed for the requested URL.")
+        self._check_auth(found)
+        script = self.pool.script
+        if method == "OPTIONS" and (script is None or script["mode"] != "raw"):
+            return render_reply(protocol.Reply(200, b"", None), ids)
+        body = await self._body(request, found)
+        meta = self._meta(request, script["meta_level"] if script else 0, found, method)
+        reply = await self.pool.call(protocol.TARGET_SCORE, method, ids[0], body, meta)
+        return render_reply(reply, ids)
+
+    async def _v2(self, request: Request, ids: Ids, found: dict[bytes, bytes]) -> RawResponse:
+        method = request.scope["method"]
+        if method not in ("GET", "POST"):
+            raise MethodNotAllowed("The method is not allowed for the requested URL.")
+        self._check_auth(found)
+        body = await self._body(request, found)
+        reply = await self.pool.call(protocol.TARGET_V2, method, ids[0], body, self._meta(request, 2, found, method))
+        return render_reply(reply, ids)
 
     @staticmethod
     def _meta(request: Request, level: int, found: dict[bytes, bytes], method: str) -> bytes:
@@ -156,54 +175,10 @@ class Handlers:
         return orjson.dumps(meta)
 
     def _error(self, request: Request, exc: ScoreHostError, ids: Ids | None, *, v2: bool = False) -> RawResponse:
-        rid = ids[0] if ids else "-"
-        if exc.status_code >= 500:
-            logger.warning(
-                "%s %s -> %d: %s",
-                request.scope["method"],
-                request.scope["path"],
-                exc.status_code,
-                exc.message,
-                extra={"request_id": rid},
-            )
-        else:
-            logger.info(
-                "%s %s -> %d: %s",
-                request.scope["method"],
-                request.scope["path"],
-                exc.status_code,
-                exc.message,
-                extra={"request_id": rid},
-            )
+        level = logging.WARNING if exc.status_code >= 500 else logging.INFO
+        logger.log(level, "%s %s -> %d: %s", request.scope["method"], request.scope["path"], exc.status_code,
+                   exc.message, extra={"request_id": ids[0] if ids else "-"})
         return render_error(exc, ids, v2=v2)
-
-    # --- /v2 -----------------------------------------------------------------
-    async def v2(self, request: Request) -> Response:
-        started = time.perf_counter()
-        ids: Ids | None = None
-        try:
-            ids, found = self._scan(request)
-            method = request.scope["method"]
-            if method not in ("GET", "POST"):
-                raise MethodNotAllowed("The method is not allowed for the requested URL.")
-            self._check_auth(found)
-            body = await self._body(request, found)
-            meta = orjson.dumps(
-                {
-                    "p": request.scope["path"],
-                    "q": request.scope["query_string"].decode("latin-1"),
-                    "h": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]],
-                }
-            )
-            reply = await self.pool.call(protocol.TARGET_V2, method, ids[0], body, meta)
-            response = render_reply(reply, ids)
-        except _IdTooLong as exc:
-            response = render_error(exc.error, v2=True)
-        except ScoreHostError as exc:
-            response = self._error(request, exc, ids, v2=True)
-        if self.log_access:
-            self._log(request, response.status_code, started, ids[0] if ids else "-", len(response.body))
-        return response
 
     # --- probes --------------------------------------------------------------
     def _probe(self, request: Request, response: RawResponse) -> RawResponse:

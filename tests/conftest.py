@@ -140,3 +140,14 @@ def start_server() -> Iterator[object]:
     yield start
     for handle in handles:
         handle.stop()
+
+
+async def wait_pool_ready(pool: object, timeout: float = 10.0) -> None:
+    """Wait (bounded) until an in-process WorkerPool has a ready worker."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not pool.ready():  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pool not ready within {timeout} s: {pool.status()}")  # type: ignore[attr-defined]
+        await asyncio.sleep(0.025)

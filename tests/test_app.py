@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -10,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SCRIPTS
+from conftest import SCRIPTS, wait_pool_ready
 
 from server.app import create_app
 from server.pool import WorkerPool
@@ -31,11 +30,7 @@ async def client_for(script: str, **overrides: Any) -> AsyncIterator[httpx.Async
     app = create_app(settings, pool, manage_pool=False)
     await pool.start()
     try:
-        for _ in range(400):
-            if pool.ready():
-                break
-            await asyncio.sleep(0.025)
-        assert pool.ready(), pool.status()
+        await wait_pool_ready(pool)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             yield client
     finally:

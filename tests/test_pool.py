@@ -171,7 +171,7 @@ def test_short_calls_are_pipelined_even_while_requests_queue() -> None:
     worker at one call per round trip: a third of the throughput at 64 connections.)"""
     import asyncio
 
-    from conftest import SCRIPTS
+    from conftest import SCRIPTS, wait_pool_ready
 
     from server.pool import WorkerPool
     from server.settings import Settings
@@ -181,10 +181,7 @@ def test_short_calls_are_pipelined_even_while_requests_queue() -> None:
                                    max_queue_length=1000, max_queue_wait_ms=30000))
         await pool.start()
         try:
-            for _ in range(400):
-                if pool.ready():
-                    break
-                await asyncio.sleep(0.025)
+            await wait_pool_ready(pool)
             peak = 0
 
             async def sample() -> None:
