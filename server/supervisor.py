@@ -25,8 +25,10 @@ import uvicorn
 
 from . import log
 from .app import create_app
+from .gctune import tune_gc
 from .pool import WorkerPool
 from .settings import Settings
+from .transport import CoalescingHttpToolsProtocol
 
 logger = logging.getLogger("scorehost")
 
@@ -116,7 +118,7 @@ def serve(settings: Settings) -> int:
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -133,6 +135,7 @@ def serve(settings: Settings) -> int:
                 _version(), settings.workers, settings.max_concurrent_requests, settings.max_queue_length,
                 settings.max_queue_wait_ms, settings.scoring_timeout_ms)
     logger.info("Listening on http://%s:%d", shown, port)
+    tune_gc()
     try:
         server.run(sockets=[sock])
     finally:

@@ -35,6 +35,7 @@ from typing import Any, cast
 from . import log, protocol
 from .entry import EntryScript, EntryScriptError, model_dir_tree
 from .errors import ScoreHostError
+from .gctune import tune_gc
 from .protocol import Call, Reply
 from .settings import Settings
 
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.shutdown()
         return EXIT_INIT_FAILED
     channel.send(protocol.encode_message(protocol.READY, {"pid": os.getpid(), **host.info}))
+    tune_gc()  # the script and its models are loaded: freeze them out of the collector's way
 
     try:
         import uvloop
