@@ -9,7 +9,7 @@ generator runs pinned to --load-cpus (cpu1). Each round runs every cell (system 
 workload x concurrency) once, in a shuffled order; tables give the median of the rounds.
 
 Systems:
-    scorehost   this repo's server (``scorehost serve``), access log off unless --scorehost-env says so
+    scorehost   this repo's server (``scorehost serve``), with its defaults (access log on, like azmlinfsrv)
     azmlinfsrv  azureml-inference-server-http 1.5.1 in its own virtualenv (loadtests/.venv-aml,
                 created here on first use), bound to 127.0.0.1 by loadtests/aml_serve.py
     floor       loadtests/floor_app.py: Starlette + orjson calling run() on the event loop
@@ -611,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="environment for scorehost (default SCOREHOST_ACCESS_LOG=false)",
+        help="environment for scorehost (default: scorehost's own defaults, access log on, as azmlinfsrv logs too)",
     )
     p.add_argument("--aml-venv", type=Path, default=AML_VENV)
     p.add_argument("--no-install", action="store_true", help="do not create the azmlinfsrv venv or install wrk")
@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out: Path = args.out or RESULTS / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    sh_env = {"SCOREHOST_ACCESS_LOG": "false", "SCOREHOST_SHUTDOWN_DELAY_S": "0"}
+    sh_env = {"SCOREHOST_SHUTDOWN_DELAY_S": "0"}
     for item in args.scorehost_env:
         k, _, v = item.partition("=")
         sh_env[k] = v
