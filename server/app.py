@@ -41,7 +41,6 @@ class ScoreHostApp:
         self.app = app
         self.handlers = handlers
         self.fast_score = fast_score
-        self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fast_score and scope["type"] == "http" and scope["path"] == "/score":
@@ -105,6 +104,4 @@ def create_app(settings: Settings, pool: WorkerPool, *, manage_pool: bool = True
         await response(scope, receive, send)
 
     app.router.default = not_found
-    app.state.pool = pool
-    app.state.settings = settings
     return ScoreHostApp(app, h, fast_score=not settings.cors_origins)

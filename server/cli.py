@@ -27,20 +27,20 @@ if TYPE_CHECKING:
 PREFIX = "SCOREHOST_"
 
 # flag -> settings field
-_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--entry_script": ("entry_script", str, "path of score.py (AZUREML_ENTRY_SCRIPT)"),
-    "--model_dir": ("model_dir", str, "model folder (AZUREML_MODEL_DIR)"),
-    "--app_root": ("app_root", str, "app root put on sys.path (AML_APP_ROOT)"),
-    "--host": ("host", str, "address to bind (default 127.0.0.1)"),
-    "--port": ("port", str, "port (default 5001)"),
-    "--worker_count": ("workers", str, "worker processes (WORKER_COUNT)"),
-    "--max_concurrent_requests": ("max_concurrent_requests", str, "scoring calls in flight"),
-    "--max_queue_length": ("max_queue_length", str, "requests that may wait for a slot"),
-    "--max_queue_wait_ms": ("max_queue_wait_ms", str, "longest wait for a slot"),
-    "--scoring_timeout_ms": ("scoring_timeout_ms", str, "run() deadline (SCORING_TIMEOUT_MS)"),
-    "--access_control_allow_origins": ("cors_origins", str, "CORS origins, comma-separated"),
-    "--log_level": ("log_level", str, "debug, info, warning or error"),
-    "--log_format": ("log_format", str, "text or json"),
+_FLAGS: dict[str, tuple[str, str]] = {
+    "--entry_script": ("entry_script", "path of score.py (AZUREML_ENTRY_SCRIPT)"),
+    "--model_dir": ("model_dir", "model folder (AZUREML_MODEL_DIR)"),
+    "--app_root": ("app_root", "app root put on sys.path (AML_APP_ROOT)"),
+    "--host": ("host", "address to bind (default 127.0.0.1)"),
+    "--port": ("port", "port (default 5001)"),
+    "--worker_count": ("workers", "worker processes (WORKER_COUNT)"),
+    "--max_concurrent_requests": ("max_concurrent_requests", "scoring calls in flight"),
+    "--max_queue_length": ("max_queue_length", "requests that may wait for a slot"),
+    "--max_queue_wait_ms": ("max_queue_wait_ms", "longest wait for a slot"),
+    "--scoring_timeout_ms": ("scoring_timeout_ms", "run() deadline (SCORING_TIMEOUT_MS)"),
+    "--access_control_allow_origins": ("cors_origins", "CORS origins, comma-separated"),
+    "--log_level": ("log_level", "debug, info, warning or error"),
+    "--log_format": ("log_format", "text or json"),
 }
 
 
@@ -50,13 +50,13 @@ def _serve_parser() -> argparse.ArgumentParser:
         description="Serve an Azure ML entry script (init()/run()) or a folder of ONNX models.",
         argument_default=argparse.SUPPRESS,
     )
-    for flag, (field, kind, text) in _FLAGS.items():
+    for flag, (field, text) in _FLAGS.items():
         aliases = [flag]
         if "_" in flag:
             aliases.append(flag.replace("_", "-"))
         if flag == "--worker_count":
             aliases.append("--workers")
-        parser.add_argument(*aliases, dest=field, type=kind, help=text)
+        parser.add_argument(*aliases, dest=field, help=text)
     parser.add_argument("--version", action="version", version=f"scorehost {__version__}")
     return parser
 
@@ -83,7 +83,7 @@ def describe_error(exc: ValidationError) -> str:
         if name == loc or any(str(c).lower() == loc.lower() for c in choices):
             field, names = name, [str(c) for c in choices]
             break
-    flag = next((f for f, (name, _, _) in _FLAGS.items() if name == field), None)
+    flag = next((f for f, (name, _) in _FLAGS.items() if name == field), None)
     where = ", ".join(names) + (f" / {flag}" if flag else "")
     return f"scorehost: invalid setting {field} ({where}): {msg} (got {err.get('input')!r})"
 

@@ -270,8 +270,10 @@ class EntryScript:
     @staticmethod
     def _aml_request(call: Call, meta: dict[str, Any]) -> aml.AMLRequest:
         headers = [(k, v) for k, v in meta.get("h", [])]
+        # The HTTP process serves plain HTTP; the client's Host header names the server.
+        host = next((v for k, v in headers if k.lower() == "host"), "localhost")
         return aml.AMLRequest(call.method, meta.get("p", "/score"), meta.get("q", ""), headers,
-                              call.body, meta.get("b", "http://localhost"))
+                              call.body, f"http://{host}")
 
     def _prepare(self, call: Call) -> dict[str, Any] | Reply:
         """The keyword arguments for ``run()``, or the 400/415 reply for bad input."""

@@ -38,6 +38,7 @@ from .admission import WaitQueue
 from .errors import NotReady, ScoreHostError, ScoringTimeout, ScriptError
 from .protocol import Reply
 from .settings import Settings
+from .transport import CoalescingTransport
 
 logger = logging.getLogger("scorehost.pool")
 
@@ -64,12 +65,14 @@ class State(enum.Enum):
 
 
 class Pending:
-    __slots__ = ("deadline", "future", "timed_out")
+    """A call sent to a worker. Its future is done once answered: by the reply, or
+    with 504 at the deadline (the entry then stays until the worker replies)."""
+
+    __slots__ = ("deadline", "future")
 
     def __init__(self, future: asyncio.Future[Reply], deadline: float) -> None:
         self.future = future
         self.deadline = deadline
-        self.timed_out = False
 
 
 class Worker:
@@ -89,7 +92,6 @@ class Worker:
         self.ever_ready = False
         self.kill_reason: str | None = None
         self.fail_message: str | None = None
-        self.info: dict[str, Any] = {}
         self.models: dict[str, Any] | None = None
         # Smoothed run() time, for the pipelining budget; starts pessimistic.
         self.ewma_ms = PIPELINE_BUDGET_MS
@@ -123,29 +125,22 @@ class _Connection(asyncio.Protocol):
         self.worker = worker
         self.generation = generation
         self.frames = protocol.FrameBuffer()
-        self.transport: asyncio.Transport | None = None
-        self.out: list[bytes] = []
-        self.scheduled = False
+        self.out: CoalescingTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # NOTE: uvloop's transports do not subclass asyncio.Transport.
-        self.transport = cast(asyncio.Transport, transport)
+        self.out = CoalescingTransport(cast(asyncio.Transport, transport), asyncio.get_running_loop())
 
     def send(self, data: bytes, urgent: bool = True) -> None:
         """Queue a frame. Urgent frames (a call that can start at once) leave at the end
         of this loop iteration; the others (pipelined calls that would only wait in the
         worker) leave with the next batch, when the worker next replies, so one wake-up
         of the worker serves a whole batch whatever the scheduler does."""
-        self.out.append(data)
-        if urgent and not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self.scheduled = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out.clear()
+        assert self.out is not None
+        if urgent:
+            self.out.write(data)
+        else:
+            self.out.hold(data)
 
     def data_received(self, data: bytes) -> None:
         pool, worker = self.pool, self.worker
@@ -160,11 +155,10 @@ class _Connection(asyncio.Protocol):
                 worker.models = protocol.decode_message(frame).get("models")
             elif kind == protocol.FAILED:
                 worker.fail_message = protocol.decode_message(frame).get("message")
-        if self.out and not self.scheduled:
+        if self.out is not None:
             # NOTE: scheduled, not immediate: waiters handed a slot by these replies
             # dispatch first and join the same write.
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.out.flush_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.generation == self.worker.generation:
@@ -225,7 +219,6 @@ class WorkerPool:
         worker.state = State.READY
         worker.ready_at = time.monotonic()
         worker.ever_ready = True
-        worker.info = info
         worker.models = info.get("models", worker.models)
         if info.get("script") is not None:
             self.script = info["script"]
@@ -246,9 +239,8 @@ class WorkerPool:
         was = worker.state
         reason = worker.kill_reason or f"exited unexpectedly (exit code {code})"
         failed = [p for p in worker.in_flight.values() if not p.future.done()]
-        for pending in worker.in_flight.values():
-            if not pending.future.done():
-                pending.future.set_exception(ScriptError(f"The worker process running run() {reason}."))
+        for pending in failed:
+            pending.future.set_exception(ScriptError(f"The worker process running run() {reason}."))
         worker.in_flight.clear()
         worker.busy = 0
         worker.capacity = worker.slots
@@ -330,13 +322,11 @@ class WorkerPool:
             for call_id, pending in worker.in_flight.items():
                 if pending.deadline > now:
                     break  # calls are in dispatch order, all with the same timeout
-                if not pending.timed_out:
-                    pending.timed_out = True
-                    if not pending.future.done():
-                        logger.warning("run() passed its %d ms deadline on worker %d (call %d); answered "
-                                       "504, the call keeps its slot until it ends",
-                                       self.settings.scoring_timeout_ms, worker.index, call_id)
-                        pending.future.set_exception(ScoringTimeout(self.settings.scoring_timeout_ms))
+                if not pending.future.done():
+                    logger.warning("run() passed its %d ms deadline on worker %d (call %d); answered "
+                                   "504, the call keeps its slot until it ends",
+                                   self.settings.scoring_timeout_ms, worker.index, call_id)
+                    pending.future.set_exception(ScoringTimeout(self.settings.scoring_timeout_ms))
         if not self.stopping:
             self._sweeper = self._loop.call_later(DEADLINE_SWEEP_S, self._sweep)
 

@@ -171,7 +171,6 @@ class Handlers:
         if level >= 2:
             meta["p"] = scope["path"]
             meta["h"] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-            meta["b"] = str(request.base_url)
         return orjson.dumps(meta)
 
     def _error(self, request: Request, exc: ScoreHostError, ids: Ids | None, *, v2: bool = False) -> RawResponse:

@@ -19,7 +19,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport:
-    """Forwards everything to the real transport; batches ``write``."""
+    """Forwards everything to the real transport; batches ``write``.
+
+    Also the framing layer between the HTTP process and its workers uses it: replies
+    (and calls) made in one loop iteration leave in one write. ``hold`` queues data
+    without scheduling a flush; it leaves with the next write or ``flush_soon``.
+    """
 
     __slots__ = ("_buffer", "_loop", "_scheduled", "_transport")
 
@@ -31,7 +36,14 @@ class CoalescingTransport:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer.append(bytes(data))
-        if not self._scheduled:
+        self.flush_soon()
+
+    def hold(self, data: bytes) -> None:
+        self._buffer.append(data)
+
+    def flush_soon(self) -> None:
+        """Schedule a flush of whatever is held, at the end of this loop iteration."""
+        if self._buffer and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush_later)
 

@@ -49,6 +49,7 @@ from server.errors import (
 )
 from server.models import Model, ModelState, ModelStore
 from server.protocol import Reply
+from server.sessions import ONNX_TYPES
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -57,22 +58,8 @@ _JSON = "application/json"
 _BINARY = "application/octet-stream"
 _HEADER_LENGTH = "inference-header-content-length"
 
-# Open Inference Protocol datatype -> numpy dtype.
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
+# Open Inference Protocol datatype -> numpy dtype: the ONNX type table, read the other way.
+DATATYPES: dict[str, np.dtype[Any]] = dict(ONNX_TYPES.values())
 _NUMPY_TO_V2 = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
 _U32 = struct.Struct("<I")
 

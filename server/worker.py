@@ -38,6 +38,7 @@ from .errors import ScoreHostError
 from .gctune import tune_gc
 from .protocol import Call, Reply
 from .settings import Settings
+from .transport import CoalescingTransport
 
 logger = logging.getLogger("scorehost.worker")
 
@@ -138,17 +139,16 @@ class WorkerProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.done = done
         self.frames = protocol.FrameBuffer()
-        self.out: list[bytes] = []
-        self.flush_scheduled = False
         self.pending = 0
         self.stopping = False
-        self.transport: asyncio.Transport | None = None
+        self.transport: CoalescingTransport | None = None
         self.pool = ThreadPoolExecutor(slots, thread_name_prefix="run") if slots > 1 else None
         self.timeout_s = host.settings.scoring_timeout_ms / 1000.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # NOTE: uvloop's transports do not subclass asyncio.Transport.
-        self.transport = cast(asyncio.Transport, transport)
+        # NOTE: uvloop's transports do not subclass asyncio.Transport. Replies made in
+        # one loop iteration leave in one write.
+        self.transport = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
 
     def data_received(self, data: bytes) -> None:
         received = time.monotonic()
@@ -193,22 +193,14 @@ class WorkerProtocol(asyncio.Protocol):
         self._send(call_id, reply)
 
     def _send(self, call_id: int, reply: Reply) -> None:
-        self.out.append(protocol.encode_reply(call_id, reply))
+        if self.transport is not None:
+            self.transport.write(protocol.encode_reply(call_id, reply))
         self.pending -= 1
-        if not self.flush_scheduled:
-            # NOTE: replies produced in one loop iteration leave in one write.
-            self.flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        if self.out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out.clear()
         self._maybe_done()
 
     def _maybe_done(self) -> None:
-        if self.stopping and self.pending == 0 and not self.out and not self.done.done():
+        # Closing the transport (in _serve) flushes the last replies first.
+        if self.stopping and self.pending == 0 and not self.done.done():
             self.done.set_result(0)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -220,11 +212,12 @@ async def _serve(sock: socket.socket, host: Host, slots: int) -> int:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
     sock.setblocking(False)
-    transport, proto = await loop.create_unix_connection(lambda: WorkerProtocol(host, slots, done), sock=sock)
+    _, proto = await loop.create_unix_connection(lambda: WorkerProtocol(host, slots, done), sock=sock)
     try:
         return await done
     finally:
-        transport.close()
+        if proto.transport is not None:
+            proto.transport.close()
         if proto.pool is not None:
             proto.pool.shutdown(wait=False, cancel_futures=True)
 

@@ -92,6 +92,8 @@ async def test_rawhttp_passthrough() -> None:
         assert r.headers.get_list("x-custom") == ["a", "b"] and r.headers["x-rid"] == "r7"
         assert r.headers["content-type"] == "application/octet-stream"
         assert (await c.options("/score")).status_code == 204  # rawhttp run() sees OPTIONS too
+        got = await c.get("/score", params={"x": "1"})
+        assert got.json()["url"] == "http://test/score?x=1"
         failed = await c.post("/score", content=b"fail")
         assert failed.status_code == 503 and failed.headers["x-ms-run-function-failed"] == "True"
 

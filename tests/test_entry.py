@@ -114,8 +114,8 @@ def test_rawhttp_run_gets_request_and_returns_response() -> None:
     assert reply.content_type is None and ("Content-Type", "application/octet-stream") in reply.headers
     failed = script.call_sync(call(body=b"fail", p="/score", q="", h=[]))
     assert failed.status == 503 and failed.run_failed
-    got = script.call_sync(call("GET", p="/score", q="x=1", h=[]))
-    assert orjson.loads(got.body) == {"args": {"x": "1"}, "path": "/score?x=1"}
+    got = script.call_sync(call("GET", p="/score", q="x=1", h=[("host", "svc:5001")]))
+    assert orjson.loads(got.body) == {"args": {"x": "1"}, "path": "/score?x=1", "url": "http://svc:5001/score?x=1"}
 
 
 def test_legacy_azureml_contrib_import_path() -> None:

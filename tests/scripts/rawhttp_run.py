@@ -9,7 +9,8 @@ def init():
 @rawhttp
 def run(request: AMLRequest):
     if request.method == "GET":
-        return AMLResponse({"args": request.args.to_dict(), "path": request.full_path}, 200, json_str=True)
+        return AMLResponse({"args": request.args.to_dict(), "path": request.full_path, "url": request.url}, 200,
+                           json_str=True)
     if request.method == "OPTIONS":
         return AMLResponse("", 204, {"Allow": "GET, POST, OPTIONS"})
     body = request.get_data()
