@@ -15,12 +15,12 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from server import __version__
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-    from .settings import Settings
+    from server.settings import Settings
 
 # NOTE: pydantic and the settings are imported lazily: `scorehost probe` is the images'
 # HEALTHCHECK and runs every few seconds, so its start-up cost matters.
@@ -62,7 +62,7 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(argv: list[str]) -> Settings:
-    from .settings import Settings
+    from server.settings import Settings
 
     args = vars(_serve_parser().parse_args(argv))
     return Settings(**args)
@@ -70,7 +70,7 @@ def settings_from_args(argv: list[str]) -> Settings:
 
 def describe_error(exc: ValidationError) -> str:
     """One line naming the setting, its environment variable and what was wrong."""
-    from .settings import Settings
+    from server.settings import Settings
 
     err = exc.errors()[0]
     loc = str(err["loc"][0]) if err["loc"] else ""
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "probe":
         return probe(rest)
     if command == "k8s":
-        from . import k8s
+        from server.deploy import k8s
 
         result: Any = k8s.main(rest)
         return int(result)
@@ -127,6 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(describe_error(exc), file=sys.stderr)
         return 2
-    from .supervisor import serve
+    from server.http.server import serve
 
     return serve(settings)

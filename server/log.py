@@ -176,12 +176,28 @@ class AccessLog:
 
     def write(self, method: str, path: str, status: int, ms: float, size: int, request_id: str) -> None:
         if self.json:
-            line = orjson.dumps({"time": self._now(), "level": "INFO", "pid": self.pid, "logger": self.name,
-                                 "message": f"{method} {path} {status} {ms:.3f}ms {size}",
-                                 "request_id": request_id}).decode()
+            line = orjson.dumps(
+                {
+                    "time": self._now(),
+                    "level": "INFO",
+                    "pid": self.pid,
+                    "logger": self.name,
+                    "message": f"{method} {path} {status} {ms:.3f}ms {size}",
+                    "request_id": request_id,
+                }
+            ).decode()
         else:
             line = "%s I [%d] %s - %s %s %d %.3fms %d [rid %s]" % (  # noqa: UP031 - hot path
-                self._now(), self.pid, self.name, method, path, status, ms, size, request_id)
+                self._now(),
+                self.pid,
+                self.name,
+                method,
+                path,
+                status,
+                ms,
+                size,
+                request_id,
+            )
         handler = self._handler
         if handler is None:
             logging.getLogger(self.name).info("%s", line)

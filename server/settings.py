@@ -65,9 +65,7 @@ class Settings(BaseSettings):
     app_root: str | None = Field(None, validation_alias=_env("app_root", "AML_APP_ROOT"))
     """Folder put on ``sys.path`` for the script (Azure ML ``AML_APP_ROOT``); default: the working directory."""
 
-    source_directory: str | None = Field(
-        None, validation_alias=_env("source_directory", "AZUREML_SOURCE_DIRECTORY")
-    )
+    source_directory: str | None = Field(None, validation_alias=_env("source_directory", "AZUREML_SOURCE_DIRECTORY"))
     """Sub-folder of ``app_root`` also put on ``sys.path`` (Azure ML ``AZUREML_SOURCE_DIRECTORY``)."""
 
     # --- network -------------------------------------------------------------
@@ -103,9 +101,7 @@ class Settings(BaseSettings):
     )
     """Deadline of one ``run()`` call; past it the client gets 504 (Azure ML ``scoring_timeout_ms``)."""
 
-    max_request_bytes: int = Field(
-        100 * 1024 * 1024, ge=1, validation_alias=_env("max_request_bytes")
-    )
+    max_request_bytes: int = Field(100 * 1024 * 1024, ge=1, validation_alias=_env("max_request_bytes"))
     """Largest request body; larger ones get 413 before they are read whole."""
 
     wedged_after_ms: int = Field(10_000, ge=0, validation_alias=_env("wedged_after_ms"))
@@ -219,8 +215,7 @@ class Settings(BaseSettings):
             # NOTE: every worker needs one slot at least; raising the limit silently
             # would over-promise capacity, so say what to change instead.
             raise ValueError(
-                f"max_concurrent_requests ({self.max_concurrent_requests}) must be at least "
-                f"workers ({self.workers})"
+                f"max_concurrent_requests ({self.max_concurrent_requests}) must be at least workers ({self.workers})"
             )
         return self
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from server.admission import WaitQueue
 from server.errors import Overloaded
+from server.workers.admission import WaitQueue
 
 
 def test_hand_off_is_fifo() -> None:

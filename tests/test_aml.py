@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from server import aml, compat
+from server.entry import aml, compat
 from server.errors import BadRequest, UnsupportedMediaType
 
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from conftest import SCRIPTS, wait_pool_ready
 
-from server.app import create_app
-from server.pool import WorkerPool
+from server.http.app import create_app
 from server.settings import Settings
+from server.workers.pool import WorkerPool
 
 pytestmark = pytest.mark.anyio
 

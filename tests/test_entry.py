@@ -11,9 +11,9 @@ import orjson
 import pytest
 from conftest import ROOT, SCRIPTS
 
-from server import aml
-from server.entry import EntryScript, EntryScriptError, model_dir_tree, query_to_dict
-from server.protocol import Call
+from server.entry import aml
+from server.entry.script import EntryScript, EntryScriptError, model_dir_tree, query_to_dict
+from server.workers.protocol import Call
 
 
 @pytest.fixture(autouse=True)
@@ -162,7 +162,7 @@ def test_model_dir_tree_lists_files(tmp_path) -> None:  # type: ignore[no-untype
 
 
 def test_numpy_result_serialises() -> None:
-    from server.entry import EntryScript as E
+    from server.entry.script import EntryScript as E
 
     reply = E.render({"a": np.arange(3, dtype=np.float32), "b": np.int64(4)}, 1.0)
     assert orjson.loads(reply.body) == {"a": [0.0, 1.0, 2.0], "b": 4}

@@ -22,8 +22,8 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from server import k8s
-from server.deployconfig import ConfigError, DeployConfig, estimate_replicas, parse_config
+from server.deploy import k8s
+from server.deploy.config import ConfigError, DeployConfig, estimate_replicas, parse_config
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,7 +256,7 @@ async def http_get_status(app: Any, path: str) -> int:
 
 def test_probe_paths_are_routes_of_the_server() -> None:
     """Asked over ASGI, with no worker pool behind it: a probe path must not be a 404 or a 405."""
-    from server.app import create_app
+    from server.http.app import create_app
 
     app = create_app(Settings(**NO_OVERRIDES), cast(Any, object()), manage_pool=False)
     assert asyncio.run(http_get_status(app, "/no/such/path")) == 404, "the control: unknown paths are 404"
@@ -393,7 +393,7 @@ AZURE_DOC_EXAMPLE = {
 
 
 def test_the_cli_file_form_is_understood(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="server.deployconfig"):
+    with caplog.at_level(logging.WARNING, logger="server.deploy.config"):
         config = parse_config(AZURE_DOC_EXAMPLE)
     assert "dataCollection.storageEnabled" in caplog.text, "ignored, and said so"
     flat = {
@@ -483,7 +483,7 @@ def test_workers_beyond_the_concurrency_limit_are_refused() -> None:
 def test_fields_without_a_kubernetes_equivalent_are_ignored_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="server.deployconfig"):
+    with caplog.at_level(logging.WARNING, logger="server.deploy.config"):
         config = parse_config({"enable_app_insights": True, "tags": {"a": "b"}})
     assert config == DeployConfig()
     assert "enable_app_insights" in caplog.text and "tags" in caplog.text

@@ -25,9 +25,9 @@ from onnx_models import (
 )
 
 from server.errors import InvalidInput, ModelNotFound, ModelNotReady, ScoreHostError
-from server.model_repo import discover, parse_config
-from server.models import ModelState, ModelStore, ModelStoreError, current_store, get_store, open_store
-from server.sessions import (
+from server.settings import Settings
+from server.store.repository import discover, parse_config
+from server.store.sessions import (
     CPU,
     CUDA,
     Device,
@@ -36,7 +36,7 @@ from server.sessions import (
     parse_device,
     plan_providers,
 )
-from server.settings import Settings
+from server.store.store import ModelState, ModelStore, ModelStoreError, current_store, get_store, open_store
 
 Opener = Callable[..., ModelStore]
 
@@ -388,7 +388,7 @@ sys.path.insert(0, sys.argv[2])
 import numpy as np
 import onnxruntime as ort
 from onnx_models import make_mlp
-from server.models import open_store
+from server.store.store import open_store
 from server.settings import Settings
 
 def threads():

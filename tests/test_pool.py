@@ -173,8 +173,8 @@ def test_short_calls_are_pipelined_even_while_requests_queue() -> None:
 
     from conftest import SCRIPTS, wait_pool_ready
 
-    from server.pool import WorkerPool
     from server.settings import Settings
+    from server.workers.pool import WorkerPool
 
     async def main() -> int:
         pool = WorkerPool(Settings(entry_script=str(SCRIPTS / "echo.py"), max_concurrent_requests=1,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from server import protocol
-from server.protocol import Reply
+from server.workers import protocol
+from server.workers.protocol import Reply
 
 
 def test_call_round_trip_across_partial_reads() -> None:

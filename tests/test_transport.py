@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.transport import CoalescingTransport
+from server.workers.writer import CoalescingTransport
 
 
 class Recorder:

@@ -31,10 +31,10 @@ from onnx_models import (
 from tritonclient.utils import InferenceServerException
 
 import server
-from server.models import ModelStore, open_store
-from server.protocol import Reply
 from server.settings import Settings
-from server.v2 import DATATYPES, V2Handler
+from server.store.store import ModelStore, open_store
+from server.store.v2 import DATATYPES, V2Handler
+from server.workers.protocol import Reply
 
 NUMERIC = [d for d in DATATYPES if d != "BYTES"]
 

@@ -23,12 +23,12 @@ from types import FrameType
 
 import uvicorn
 
-from . import log
-from .app import create_app
-from .gctune import tune_gc
-from .pool import WorkerPool
-from .settings import Settings
-from .transport import CoalescingHttpToolsProtocol
+from server import log
+from server.gctune import tune_gc
+from server.http.app import create_app
+from server.http.connection import CoalescingHttpToolsProtocol
+from server.settings import Settings
+from server.workers.pool import WorkerPool
 
 logger = logging.getLogger("scorehost")
 
@@ -59,8 +59,13 @@ class _Server(uvicorn.Server):
             return
         self.pool.draining = True
         delay = self.settings.shutdown_delay_s
-        logger.info("Received %s: readiness is 503 now; serving for %.1f s more, then draining in-flight "
-                    "requests (up to %.0f s)", signal.Signals(sig).name, delay, self.settings.graceful_timeout_s)
+        logger.info(
+            "Received %s: readiness is 503 now; serving for %.1f s more, then draining in-flight "
+            "requests (up to %.0f s)",
+            signal.Signals(sig).name,
+            delay,
+            self.settings.graceful_timeout_s,
+        )
         self._loop.call_soon_threadsafe(self._loop.call_later, delay, self._begin_exit)
 
     def _begin_exit(self) -> None:
@@ -86,8 +91,10 @@ def _preflight(settings: Settings) -> str | None:
     """Problems we can name before starting any process."""
     entry = settings.resolved_entry_script(os.getcwd())
     if entry is None and not settings.model_dir:
-        return ("Nothing to serve: set an entry script (--entry_script / AZUREML_ENTRY_SCRIPT) or a model "
-                "directory (--model_dir / AZUREML_MODEL_DIR).")
+        return (
+            "Nothing to serve: set an entry script (--entry_script / AZUREML_ENTRY_SCRIPT) or a model "
+            "directory (--model_dir / AZUREML_MODEL_DIR)."
+        )
     if entry is not None and not os.path.isfile(entry):
         return f"Entry script not found: {entry}"
     if entry is None and settings.model_dir and not os.path.exists(settings.model_dir):
@@ -131,9 +138,15 @@ def serve(settings: Settings) -> int:
     server = _Server(config, pool, settings)
     pool.on_fatal = server.fatal
     shown = f"[{host}]" if ":" in host else host
-    logger.info("scorehost %s: %d worker(s), %d concurrent call(s), queue %d / %d ms, timeout %d ms",
-                _version(), settings.workers, settings.max_concurrent_requests, settings.max_queue_length,
-                settings.max_queue_wait_ms, settings.scoring_timeout_ms)
+    logger.info(
+        "scorehost %s: %d worker(s), %d concurrent call(s), queue %d / %d ms, timeout %d ms",
+        _version(),
+        settings.workers,
+        settings.max_concurrent_requests,
+        settings.max_queue_length,
+        settings.max_queue_wait_ms,
+        settings.scoring_timeout_ms,
+    )
     logger.info("Listening on http://%s:%d", shown, port)
     tune_gc()
     try:
@@ -148,7 +161,7 @@ def serve(settings: Settings) -> int:
 
 
 def _version() -> str:
-    from . import __version__
+    from server import __version__
 
     return __version__
 

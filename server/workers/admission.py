@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from .errors import Overloaded
+from server.errors import Overloaded
 
 T = TypeVar("T")
 
@@ -83,4 +83,3 @@ class WaitQueue(Generic[T]):
             future = self._waiters.popleft()
             if not future.done():
                 future.set_exception(exc)
-

@@ -47,10 +47,10 @@ from server.errors import (
     ScoreHostError,
     UnsupportedMediaType,
 )
-from server.models import Model, ModelState, ModelStore
-from server.protocol import Reply
-from server.sessions import ONNX_TYPES
 from server.settings import Settings
+from server.store.sessions import ONNX_TYPES
+from server.store.store import Model, ModelState, ModelStore
+from server.workers.protocol import Reply
 
 logger = logging.getLogger(__name__)
 

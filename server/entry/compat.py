@@ -1,4 +1,4 @@
-"""Make the reference server's import paths resolve to :mod:`server.aml`.
+"""Make the reference server's import paths resolve to :mod:`server.entry.aml`.
 
 Scripts written for Azure ML import ``rawhttp``, ``AMLRequest`` and
 ``AMLResponse`` from ``azureml_inference_server_http.api.aml_request`` /
@@ -33,7 +33,7 @@ _MODULES = (
 class _Loader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         if spec.name in _MODULES:
-            from .. import aml
+            from server.entry import aml
 
             return aml
         module = types.ModuleType(spec.name)

@@ -1,4 +1,4 @@
-"""One write per response: uvicorn's protocol with a coalescing transport.
+"""The coalescing writer: what one event-loop iteration writes leaves in one system call.
 
 uvicorn's httptools protocol writes a response's head and its body with two
 ``transport.write`` calls: two system calls and two TCP segments per request,
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport:
@@ -75,9 +73,3 @@ class CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        wrapped = CoalescingTransport(transport, self.loop)  # type: ignore[arg-type]
-        super().connection_made(wrapped)  # type: ignore[arg-type]

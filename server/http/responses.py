@@ -8,9 +8,9 @@ from __future__ import annotations
 import orjson
 from starlette.responses import Response
 
-from . import __version__
-from .errors import ScoreHostError
-from .protocol import Reply
+from server import __version__
+from server.errors import ScoreHostError
+from server.workers.protocol import Reply
 
 SERVER_VERSION = ("x-ms-server-version", f"scorehost/{__version__}")
 _RAW_VERSION = (b"x-ms-server-version", SERVER_VERSION[1].encode())
@@ -34,8 +34,12 @@ def id_headers(ids: tuple[str, str | None, str | None]) -> list[tuple[bytes, byt
     rid, client_rid, trace = ids
     rid_b = rid.encode()
     client_b = client_rid.encode() if client_rid else rid_b
-    headers = [(b"x-request-id", rid_b), (b"x-ms-request-id", client_b), (b"x-ms-client-request-id", client_b),
-               _RAW_VERSION]
+    headers = [
+        (b"x-request-id", rid_b),
+        (b"x-ms-request-id", client_b),
+        (b"x-ms-client-request-id", client_b),
+        _RAW_VERSION,
+    ]
     if trace:
         headers.append((b"traceid", trace.encode()))
     return headers

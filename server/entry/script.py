@@ -8,7 +8,7 @@ once, at load time:
   arguments as a JSON string), exactly as the reference passes it;
 * inference-schema decorated ``run(**params)``: the JSON body's keys as keyword
   arguments, after the reference's 400/415 checks;
-* ``@rawhttp`` ``run(request)``: an :class:`~server.aml.AMLRequest`;
+* ``@rawhttp`` ``run(request)``: an :class:`~server.entry.aml.AMLRequest`;
 * ``async def run(...)``: any of the above, awaited on the worker's event loop.
 
 A ``request_headers`` parameter receives the request headers as a dict.
@@ -31,9 +31,9 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from . import aml, compat
-from .errors import BadRequest, ScoreHostError, UnsupportedMediaType
-from .protocol import Call, Reply
+from server.entry import aml, compat
+from server.errors import BadRequest, ScoreHostError, UnsupportedMediaType
+from server.workers.protocol import Call, Reply
 
 logger = logging.getLogger("scorehost.entry")
 
@@ -140,8 +140,10 @@ class EntryScript:
     # --- loading -----------------------------------------------------------
     def load(self) -> ScriptInfo:
         """Import the script and analyse ``run()``. Raises :class:`EntryScriptError`."""
-        for folder in (self.app_root, *( [os.path.join(self.app_root, self.source_directory)]
-                                          if self.source_directory else [])):
+        for folder in (
+            self.app_root,
+            *([os.path.join(self.app_root, self.source_directory)] if self.source_directory else []),
+        ):
             if folder not in sys.path:
                 sys.path.append(folder)
         compat.install()
@@ -157,9 +159,7 @@ class EntryScript:
         except EntryScriptError:
             raise
         except BaseException as exc:
-            raise EntryScriptError(
-                f"Failed to import entry script {self.path}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise EntryScriptError(f"Failed to import entry script {self.path}: {type(exc).__name__}: {exc}") from exc
         for name in ("init", "run"):
             if not callable(getattr(module, name, None)):
                 raise EntryScriptError(f"Entry script {self.path} does not define a {name}() function.")
@@ -169,8 +169,12 @@ class EntryScript:
         run = driver.run if isinstance(driver, ModuleType) and hasattr(driver, "run") else module.run
         self._run = run
         self.info = self._analyse(run)
-        logger.info("Loaded entry script %s (run mode: %s%s)", self.path, self.info.mode,
-                    ", async" if self.info.is_async else "")
+        logger.info(
+            "Loaded entry script %s (run mode: %s%s)",
+            self.path,
+            self.info.mode,
+            ", async" if self.info.is_async else "",
+        )
         return self.info
 
     def _analyse(self, run: Callable[..., Any]) -> ScriptInfo:
@@ -236,8 +240,9 @@ class EntryScript:
         else:
             kwargs = self._schema_arguments(call, meta)
         if self._pass_headers:
-            kwargs["request_headers"] = {"-".join(p.capitalize() for p in k.split("-")): v
-                                         for k, v in meta.get("h", [])}
+            kwargs["request_headers"] = {
+                "-".join(p.capitalize() for p in k.split("-")): v for k, v in meta.get("h", [])
+            }
         return kwargs
 
     def _schema_arguments(self, call: Call, meta: dict[str, Any]) -> dict[str, Any]:
@@ -272,8 +277,9 @@ class EntryScript:
         headers = [(k, v) for k, v in meta.get("h", [])]
         # The HTTP process serves plain HTTP; the client's Host header names the server.
         host = next((v for k, v in headers if k.lower() == "host"), "localhost")
-        return aml.AMLRequest(call.method, meta.get("p", "/score"), meta.get("q", ""), headers,
-                              call.body, f"http://{host}")
+        return aml.AMLRequest(
+            call.method, meta.get("p", "/score"), meta.get("q", ""), headers, call.body, f"http://{host}"
+        )
 
     def _prepare(self, call: Call) -> dict[str, Any] | Reply:
         """The keyword arguments for ``run()``, or the 400/415 reply for bad input."""

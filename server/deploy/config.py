@@ -2,7 +2,7 @@
 
 Parses and validates either JSON form, the SDK's flat names (``cpu_cores``, ``autoscale_enabled``
 ...) or the CLI file's nested camelCase ones (``containerResourceRequirements.cpu`` ...), into a
-:class:`DeployConfig` with Azure's defaults, for :mod:`server.k8s` to render. Pure: no I/O
+:class:`DeployConfig` with Azure's defaults, for :mod:`server.deploy.k8s` to render. Pure: no I/O
 beyond :func:`load_config` reading the one file. Unknown fields are errors (a misspelt
 ``autoscale_max_replica`` must not silently fall back to a default); fields Azure has but
 Kubernetes has no place for are accepted with a warning.

@@ -1,7 +1,7 @@
 """A worker process: loads the entry script (or the model store) and runs calls.
 
-Started by the HTTP process (see :mod:`server.pool`) as
-``python -m server.worker --fd N --index I --slots S`` with the settings in the
+Started by the HTTP process (see :mod:`server.workers.pool`) as
+``python -m server.workers.main --fd N --index I --slots S`` with the settings in the
 environment. It talks to its parent only over the inherited Unix socket:
 
 1. load the script and run ``init()`` (or open the model store), sending STATE
@@ -32,13 +32,14 @@ import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
-from . import log, protocol
-from .entry import EntryScript, EntryScriptError, model_dir_tree
-from .errors import ScoreHostError
-from .gctune import tune_gc
-from .protocol import Call, Reply
-from .settings import Settings
-from .transport import CoalescingTransport
+from server import log
+from server.entry.script import EntryScript, EntryScriptError, model_dir_tree
+from server.errors import ScoreHostError
+from server.gctune import tune_gc
+from server.settings import Settings
+from server.workers import protocol
+from server.workers.protocol import Call, Reply
+from server.workers.writer import CoalescingTransport
 
 logger = logging.getLogger("scorehost.worker")
 
@@ -68,7 +69,8 @@ class Host:
             self.async_score = info.is_async
             self.info["script"] = info.to_dict()
         else:
-            from . import models, v2
+            from server.store import store as models
+            from server.store import v2
 
             store = models.open_store(s, progress=self._progress)
             self.v2 = v2.V2Handler(store, s)
@@ -99,19 +101,25 @@ class Host:
     def _v2(self, call: Call) -> Reply:
         handler = self.v2
         if handler is None:
-            from . import models
+            from server.store import store as models
 
             store = getattr(models, "current_store", lambda: None)()
             if store is None:
                 return Reply(404, b'{"error":"No models are served over /v2 by this entry script."}')
-            from . import v2
+            from server.store import v2
 
             handler = self.v2 = v2.V2Handler(store, self.settings)
         meta = call.meta or {}
         headers = {k: v for k, v in meta.get("h", [])}
         try:
-            reply: Reply = handler.handle(call.method, meta.get("p", "/v2"), meta.get("q", ""), call.body,
-                                          headers=headers, request_id=call.request_id)
+            reply: Reply = handler.handle(
+                call.method,
+                meta.get("p", "/v2"),
+                meta.get("q", ""),
+                call.body,
+                headers=headers,
+                request_id=call.request_id,
+            )
         except Exception:
             logger.exception("V2 handler failed")
             return Reply(500, b'{"error":"Internal error while serving the model."}')

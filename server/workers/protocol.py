@@ -75,9 +75,7 @@ class Reply:
         return cls(status, orjson.dumps({"message": message}), run_failed=run_failed)
 
 
-def encode_call(
-    call_id: int, target: int, method: str, request_id: str, body: bytes, meta: bytes = b""
-) -> bytes:
+def encode_call(call_id: int, target: int, method: str, request_id: str, body: bytes, meta: bytes = b"") -> bytes:
     rid = request_id.encode()
     head = _CALL.pack(CALL, call_id, target, _METHOD_CODE.get(method, 0), len(rid), len(meta))
     size = len(head) + len(rid) + len(meta) + len(body)

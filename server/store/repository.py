@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from server.sessions import GRAPH_LEVELS, ProviderSpec, parse_device
+from server.store.sessions import GRAPH_LEVELS, ProviderSpec, parse_device
 
 CONFIG_SUFFIX = ".scorehost.json"
 MODEL_SUFFIX = ".onnx"

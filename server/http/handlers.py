@@ -19,8 +19,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import protocol, swagger
-from .errors import (
+from server.errors import (
     HeaderTooLarge,
     MethodNotAllowed,
     NotFound,
@@ -29,10 +28,12 @@ from .errors import (
     ScoreHostError,
     Unauthorized,
 )
-from .log import AccessLog
-from .pool import WorkerPool
-from .responses import RawResponse, json_response, render_error, render_reply, text_response
-from .settings import Settings
+from server.http import swagger
+from server.http.responses import RawResponse, json_response, render_error, render_reply, text_response
+from server.log import AccessLog
+from server.settings import Settings
+from server.workers import protocol
+from server.workers.pool import WorkerPool
 
 logger = logging.getLogger("scorehost.http")
 
@@ -175,8 +176,15 @@ class Handlers:
 
     def _error(self, request: Request, exc: ScoreHostError, ids: Ids | None, *, v2: bool = False) -> RawResponse:
         level = logging.WARNING if exc.status_code >= 500 else logging.INFO
-        logger.log(level, "%s %s -> %d: %s", request.scope["method"], request.scope["path"], exc.status_code,
-                   exc.message, extra={"request_id": ids[0] if ids else "-"})
+        logger.log(
+            level,
+            "%s %s -> %d: %s",
+            request.scope["method"],
+            request.scope["path"],
+            exc.status_code,
+            exc.message,
+            extra={"request_id": ids[0] if ids else "-"},
+        )
         return render_error(exc, ids, v2=v2)
 
     # --- probes --------------------------------------------------------------

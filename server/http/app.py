@@ -1,8 +1,8 @@
 """The Starlette application: the route list and the middleware list, in one place.
 
 Request path: uvicorn -> (CORS, when configured) -> router -> a handler in
-:mod:`server.routes` -> :class:`server.pool.WorkerPool` (admission, worker slot,
-deadline) -> a worker process -> reply rendered by :mod:`server.responses`.
+:mod:`server.http.handlers` -> :class:`server.pool.WorkerPool` (admission, worker slot,
+deadline) -> a worker process -> reply rendered by :mod:`server.http.responses`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .errors import InternalError, MethodNotAllowed, NotFound, ScoreHostError
-from .pool import WorkerPool
-from .responses import render_error
-from .routes import Handlers
-from .settings import Settings
+from server.errors import InternalError, MethodNotAllowed, NotFound, ScoreHostError
+from server.http.handlers import Handlers
+from server.http.responses import render_error
+from server.settings import Settings
+from server.workers.pool import WorkerPool
 
 logger = logging.getLogger("scorehost.http")
 
@@ -71,8 +71,14 @@ def create_app(settings: Settings, pool: WorkerPool, *, manage_pool: bool = True
     ]
     middleware = []
     if settings.cors_origins:
-        middleware.append(Middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                                     allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"]))
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],
+            )
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -80,8 +86,10 @@ def create_app(settings: Settings, pool: WorkerPool, *, manage_pool: bool = True
         if exc.status_code == 405:
             error = MethodNotAllowed("The method is not allowed for the requested URL.")
         elif exc.status_code == 404:
-            error = NotFound("The requested URL was not found on the server. If you entered the URL manually "
-                             "please check your spelling and try again.")
+            error = NotFound(
+                "The requested URL was not found on the server. If you entered the URL manually "
+                "please check your spelling and try again."
+            )
         else:
             error = ScoreHostError(str(exc.detail))
             error.status_code = exc.status_code
@@ -97,8 +105,10 @@ def create_app(settings: Settings, pool: WorkerPool, *, manage_pool: bool = True
             if manage_pool:
                 await pool.stop(settings.graceful_timeout_s)
 
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
+
     async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
         response = await h.not_found(Request(scope, receive))
         await response(scope, receive, send)

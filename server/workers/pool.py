@@ -33,12 +33,12 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from . import protocol
-from .admission import WaitQueue
-from .errors import NotReady, ScoreHostError, ScoringTimeout, ScriptError
-from .protocol import Reply
-from .settings import Settings
-from .transport import CoalescingTransport
+from server.errors import NotReady, ScoreHostError, ScoringTimeout, ScriptError
+from server.settings import Settings
+from server.workers import protocol
+from server.workers.admission import WaitQueue
+from server.workers.protocol import Reply
+from server.workers.writer import CoalescingTransport
 
 logger = logging.getLogger("scorehost.pool")
 
@@ -198,8 +198,17 @@ class WorkerPool:
         env["SCOREHOST_WORKER_SETTINGS"] = self.settings.model_dump_json()
         if self.settings.model_dir:
             env["AZUREML_MODEL_DIR"] = self.settings.model_dir
-        cmd = [sys.executable, "-m", "server.worker", "--fd", str(child.fileno()),
-               "--index", str(worker.index), "--slots", str(worker.slots)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "server.workers.main",
+            "--fd",
+            str(child.fileno()),
+            "--index",
+            str(worker.index),
+            "--slots",
+            str(worker.slots),
+        ]
         worker.generation += 1
         worker.kill_reason = None
         worker.fail_message = None
@@ -222,8 +231,12 @@ class WorkerPool:
         worker.models = info.get("models", worker.models)
         if info.get("script") is not None:
             self.script = info["script"]
-        logger.info("Worker %d is ready (pid %s) after %.2f s", worker.index, info.get("pid"),
-                    worker.ready_at - worker.started_at)
+        logger.info(
+            "Worker %d is ready (pid %s) after %.2f s",
+            worker.index,
+            info.get("pid"),
+            worker.ready_at - worker.started_at,
+        )
         # Waiters queued while no worker was ready get this worker's slots first.
         self._fill(worker)
 
@@ -251,8 +264,7 @@ class WorkerPool:
             logger.info("Worker %d stopped (exit code %s)", worker.index, code)
             return
         if failed:
-            logger.error("Worker %d %s; %d request(s) in flight answered with 500", worker.index, reason,
-                         len(failed))
+            logger.error("Worker %d %s; %d request(s) in flight answered with 500", worker.index, reason, len(failed))
         if not worker.ever_ready and not any(w.ever_ready for w in self.workers):
             message = worker.fail_message or f"worker {worker.index} {reason} before it was ready"
             self._fail(message)
@@ -300,8 +312,13 @@ class WorkerPool:
                     logger.error("Worker %d did not finish init() within %.0f s", w.index, init_s)
                     self._kill(w, f"did not finish init() within {init_s:.0f} s")
                 elif w.state is State.READY and self._stuck(w, now, wedge_s) >= w.slots:
-                    logger.error("Worker %d is wedged: all %d slot(s) held by calls more than %d ms past "
-                                 "their deadline; replacing it", w.index, w.slots, self.settings.wedged_after_ms)
+                    logger.error(
+                        "Worker %d is wedged: all %d slot(s) held by calls more than %d ms past "
+                        "their deadline; replacing it",
+                        w.index,
+                        w.slots,
+                        self.settings.wedged_after_ms,
+                    )
                     self._kill(w, "was replaced because run() was stuck past its deadline")
 
     @staticmethod
@@ -323,9 +340,13 @@ class WorkerPool:
                 if pending.deadline > now:
                     break  # calls are in dispatch order, all with the same timeout
                 if not pending.future.done():
-                    logger.warning("run() passed its %d ms deadline on worker %d (call %d); answered "
-                                   "504, the call keeps its slot until it ends",
-                                   self.settings.scoring_timeout_ms, worker.index, call_id)
+                    logger.warning(
+                        "run() passed its %d ms deadline on worker %d (call %d); answered "
+                        "504, the call keeps its slot until it ends",
+                        self.settings.scoring_timeout_ms,
+                        worker.index,
+                        call_id,
+                    )
                     pending.future.set_exception(ScoringTimeout(self.settings.scoring_timeout_ms))
         if not self.stopping:
             self._sweeper = self._loop.call_later(DEADLINE_SWEEP_S, self._sweep)
@@ -381,9 +402,7 @@ class WorkerPool:
                 worker.busy -= 1
                 return
 
-    async def call(
-        self, target: int, method: str, request_id: str, body: bytes, meta: bytes = b""
-    ) -> Reply:
+    async def call(self, target: int, method: str, request_id: str, body: bytes, meta: bytes = b"") -> Reply:
         """Run one call on a worker. Raises a :class:`ScoreHostError` on refusal or timeout."""
         if self.draining and self.stopping:
             raise NotReady("Server is shutting down.")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from server.deployconfig import (
+from server.deploy.config import (
     ConfigError,
     DeployConfig,
     cpu_quantity,
