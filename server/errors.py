@@ -12,17 +12,30 @@
     ├── HeaderTooLarge             431  request-id header over 100 characters
     ├── ScriptError                500  run() raised, or its process died (x-ms-run-function-failed: True)
     ├── InternalError              500  the server failed, e.g. run() returned something unserialisable
+    ├── ConfigError                500  a config file is invalid: <model>.scorehost.json (that model fails)
+    │                                   or a deployment config (`scorehost k8s` exits 2); also a ValueError
+    ├── DiscoveryError             500  model_dir is missing or unusable (the model store cannot start)
     ├── ServiceUnavailable         503  with Retry-After
     │   ├── Overloaded             503  queue full, or the queue wait ran out
     │   ├── NotReady               503  no worker ready (starting, restarting, draining)
     │   └── ModelNotReady          503  model still loading or failed to load
-    └── ScoringTimeout             504  run() passed scoring_timeout_ms
+    ├── ScoringTimeout             504  run() passed scoring_timeout_ms
+    ├── EntryScriptError           500  the script could not be loaded, or init() failed (fatal for a worker)
+    └── ModelStoreError            500  the model store cannot start (no model_dir, no model, too many)
+
+:func:`error_body` is the one renderer: any exception (ours, or an unexpected one,
+which becomes a 500 with a generic message) to its status, JSON body and headers. The
+worker, ``/score`` and ``/v2`` all answer errors through it.
 
 Foreign exceptions (onnxruntime, user scripts) are translated where they are caught
 with ``raise ... from exc``. This module imports nothing from the HTTP layer.
 """
 
 from __future__ import annotations
+
+import orjson
+
+INTERNAL_ERROR_MESSAGE = "An unexpected internal error occurred. Check the logs for more info."
 
 
 class ScoreHostError(Exception):
@@ -68,6 +81,9 @@ class MethodNotAllowed(ScoreHostError):
     status_code = 405
     code = "method_not_allowed"
 
+    def __init__(self, message: str, *, allow: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message, headers={"Allow": ", ".join(allow)} if allow else None)
+
 
 class PayloadTooLarge(ScoreHostError):
     status_code = 413
@@ -97,6 +113,23 @@ class InternalError(ScoreHostError):
     code = "internal_error"
 
 
+class ConfigError(ScoreHostError, ValueError):
+    """A config file is not usable; the message names the file or field and says why.
+
+    Also a ValueError, as it was before it joined this tree (and as pydantic's ValidationError is).
+    """
+
+    status_code = 500
+    code = "config_error"
+
+
+class DiscoveryError(ScoreHostError):
+    """model_dir is missing or unusable."""
+
+    status_code = 500
+    code = "discovery_error"
+
+
 class ServiceUnavailable(ScoreHostError):
     status_code = 503
     code = "unavailable"
@@ -122,6 +155,32 @@ class ScoringTimeout(ScoreHostError):
     code = "scoring_timeout"
     run_failed = True
 
-    def __init__(self, timeout_ms: int) -> None:
-        super().__init__(f"Scoring timeout after {timeout_ms} ms")
+    def __init__(self, timeout_ms: int, message: str | None = None) -> None:
+        super().__init__(message or f"Scoring timeout after {timeout_ms} ms")
         self.timeout_ms = timeout_ms
+
+
+class EntryScriptError(ScoreHostError):
+    """The script could not be loaded, or its init() failed. Fatal for the worker."""
+
+    code = "entry_script_error"
+
+
+class ModelStoreError(ScoreHostError):
+    """The store cannot start: model_dir is missing, holds no model, or more than max_models."""
+
+    code = "model_store_error"
+
+
+def error_body(exc: BaseException, *, v2: bool = False) -> tuple[int, bytes, dict[str, str], bool]:
+    """Status, JSON body, headers and run-failed flag for any exception.
+
+    The body is ``{"message": ...}`` as the reference server writes it; under ``/v2``
+    also ``"error"``, which is what V2 clients such as tritonclient read. Anything
+    that is not a :class:`ScoreHostError` is a bug of ours and gets a generic 500:
+    its text may hold paths or internals, so it goes to the log, never to the client.
+    """
+    if not isinstance(exc, ScoreHostError):
+        exc = InternalError(INTERNAL_ERROR_MESSAGE)
+    payload = {"message": exc.message, "error": exc.message} if v2 else {"message": exc.message}
+    return exc.status_code, orjson.dumps(payload), exc.headers, exc.run_failed

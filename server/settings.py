@@ -3,19 +3,27 @@
 Values come from, highest priority first: keyword arguments (the CLI passes its
 flags this way), our own environment variables (prefix ``SCOREHOST_``), then the
 Azure ML names an existing deployment already sets (``AZUREML_ENTRY_SCRIPT``,
-``SCORING_TIMEOUT_MS``, ``WORKER_COUNT`` ...). The object is frozen and does no
-I/O: resolving paths against the file system is the caller's job.
+``SCORING_TIMEOUT_MS``, ``WORKER_COUNT`` ...), then the values of a ``config.json``
+(which the CLI reads and hands over with :meth:`Settings.build`), then the
+defaults. The object is frozen and does no I/O: finding and reading files, and
+resolving paths against the file system, is the caller's job.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 PREFIX = "SCOREHOST_"
+# Fields that hold secrets: never sent to worker processes (user code runs there), logged or exported.
+SECRET_FIELDS = frozenset({"api_key", "app_insights_key"})
 
 
 def _env(name: str, *azure: str) -> AliasChoices:
@@ -25,6 +33,32 @@ def _env(name: str, *azure: str) -> AliasChoices:
     deliberately not an environment alias, so a stray ``PORT`` or ``HOST`` is ignored.
     """
     return AliasChoices(PREFIX + name.upper(), *azure)
+
+
+# WORKER_TIMEOUT=0 means "never" (gunicorn's meaning): a stuck worker is then left alone this long.
+NEVER_WEDGED_MS = 365 * 86_400_000
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
+# Values below the environment in priority (a config file's, a command's own defaults); set
+# only for the duration of one Settings.build() call.
+_LOW_PRIORITY: ContextVar[Mapping[str, Any] | None] = ContextVar("scorehost_low_priority_settings", default=None)
+
+
+class _LowPrioritySource(PydanticBaseSettingsSource):
+    """Field values handed to :meth:`Settings.build`; consulted after the environment."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # pragma: no cover - __call__ is what pydantic-settings uses
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_LOW_PRIORITY.get() or {})
+
+
+def _lenient_bool(value: object) -> object:
+    """Azure ML switches: only a true word turns them on; anything else is off, never an error."""
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE_WORDS
+    return value
 
 
 def available_cpus() -> int:
@@ -113,14 +147,64 @@ class Settings(BaseSettings):
     restart_backoff_max_s: float = Field(30.0, gt=0, validation_alias=_env("restart_backoff_max_s"))
     """Ceiling of the exponential back-off between restarts of a crashing worker."""
 
-    shutdown_delay_s: float = Field(2.0, ge=0, validation_alias=_env("shutdown_delay_s"))
-    """After SIGTERM readiness turns 503 at once; requests are still served for this long."""
+    shutdown_delay_s: float = Field(0.0, ge=0, validation_alias=_env("shutdown_delay_s"))
+    """After SIGTERM readiness turns 503 at once; requests are still served for this long, so load
+    balancers notice before the port closes. 0 by default (the port is released at once, as the
+    reference does); the Kubernetes manifests and the container images set it."""
 
     graceful_timeout_s: float = Field(30.0, ge=0, validation_alias=_env("graceful_timeout_s"))
     """After the delay, in-flight requests get this long to finish before workers are killed."""
 
     api_key: str | None = Field(None, validation_alias=_env("api_key"))
     """If set, ``/score`` and ``/v2`` require ``Authorization: Bearer <key>`` (401 otherwise)."""
+
+    stream_idle_timeout_ms: int = Field(60_000, ge=1, le=86_400_000, validation_alias=_env("stream_idle_timeout_ms"))
+    """A streamed reply (run() yielding) ends when no chunk is produced or read for this long. The
+    scoring timeout covers the time to its first chunk."""
+
+    stream_buffer_bytes: int = Field(1024 * 1024, ge=1, le=1024**3, validation_alias=_env("stream_buffer_bytes"))
+    """Bytes of a streamed reply that may be produced ahead of what the client has read; past it the
+    generator is paused (backpressure), not buffered."""
+
+    worker_timeout_s: int | None = Field(
+        None, ge=0, le=86_400, validation_alias=_env("worker_timeout_s", "WORKER_TIMEOUT")
+    )
+    """The reference's gunicorn ``--timeout`` (Azure ML ``WORKER_TIMEOUT``): the longest one ``run()``
+    may hold a worker before the worker is killed and restarted. Mapped onto our rules: the scoring
+    timeout is lowered to it if longer, and, unless ``wedged_after_ms`` is set, a worker is replaced
+    once its calls are ``worker_timeout_s`` old (``wedged_after_ms`` = it minus the scoring timeout).
+    0: stuck workers are never replaced (gunicorn's 0). Unset: the two settings apply as they are."""
+
+    # --- probes --------------------------------------------------------------
+    separate_health_endpoint: bool = Field(
+        False, validation_alias=_env("separate_health_endpoint", "SEPERATE_HEALTH_ENDPOINT")
+    )
+    """Also answer the probes on a second port, ``health_port`` (Azure ML ``SEPERATE_HEALTH_ENDPOINT``,
+    sic). Only the probes are served there, by the HTTP process."""
+
+    health_port: int = Field(5000, ge=0, le=65535, validation_alias=_env("health_port", "HEALTH_PORT"))
+    """Port of the probe listener when ``separate_health_endpoint`` is on (the reference's default,
+    5000). 0 picks a free port."""
+
+    # --- Azure ML compatibility ---------------------------------------------
+    config_file: str | None = Field(None, validation_alias=_env("config_file", "AZUREML_CONFIG_FILE"))
+    """The JSON config file in use (Azure ML ``AZUREML_CONFIG_FILE`` / ``--config_file``): a flat
+    object of the reference's environment names, below the environment in priority. Without one,
+    ``config.json`` in the app root or next to the entry script is used. Read by the CLI."""
+
+    server_version_header: bool = Field(
+        True, validation_alias=_env("server_version_header", "SERVER_VERSION_LOG_RESPONSE_ENABLED")
+    )
+    """Send ``x-ms-server-version`` on every response (Azure ML ``SERVER_VERSION_LOG_RESPONSE_ENABLED``;
+    any value but a true word turns it off)."""
+
+    app_insights_enabled: bool = Field(False, validation_alias=_env("app_insights_enabled", "AML_APP_INSIGHTS_ENABLED"))
+    """Azure ML ``AML_APP_INSIGHTS_ENABLED``. scorehost exports no telemetry; the value is passed to
+    the script's environment, normalised to ``true``/``false`` (see :meth:`app_insights_active`)."""
+
+    app_insights_key: SecretStr | None = Field(None, validation_alias=_env("app_insights_key", "AML_APP_INSIGHTS_KEY"))
+    """Azure ML ``AML_APP_INSIGHTS_KEY`` / ``--appinsights_instrumentation_key``; passed to the
+    script's environment when set, never logged."""
 
     # --- Azure ML service description ---------------------------------------
     service_name: str = Field("ML service", validation_alias=_env("service_name", "SERVICE_NAME"))
@@ -142,6 +226,12 @@ class Settings(BaseSettings):
         "info", validation_alias=_env("log_level", "AZUREML_LOG_LEVEL")
     )
     """Server log level."""
+
+    log_names: Literal["scorehost", "azmlinfsrv"] = Field("scorehost", validation_alias=_env("log_names"))
+    """Logger names and line style. ``scorehost``: ``scorehost.*`` loggers, the request id appended
+    to lines. ``azmlinfsrv`` (what the ``azmlinfsrv`` command uses): the reference's names
+    (``azmlinfsrv``, ``azmlinfsrv.print``, ``azmlinfsrv.user_script`` ...), UTC times and its exact
+    line, so existing log queries keep matching."""
 
     log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format"))
     """``text`` (the reference's line format) or ``json`` (one object per line)."""
@@ -196,6 +286,20 @@ class Settings(BaseSettings):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("separate_health_endpoint", "server_version_header", "app_insights_enabled", mode="before")
+    @classmethod
+    def _switch(cls, value: object) -> object:
+        return _lenient_bool(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: object) -> object:
+        # NOTE: Azure ML writes AZUREML_LOG_LEVEL in upper case (INFO) and knows WARN and CRITICAL.
+        if isinstance(value, str):
+            v = value.strip().lower()
+            return {"warn": "warning", "critical": "error", "fatal": "error"}.get(v, v)
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -210,6 +314,31 @@ class Settings(BaseSettings):
         return value.strip("/")
 
     @model_validator(mode="after")
+    def _worker_timeout(self) -> Settings:
+        # NOTE: derived values on a frozen object; only here, while it is being built. A worker
+        # re-validating the dumped settings gets the same values (the rule is idempotent).
+        wt = self.worker_timeout_s
+        if wt is None:
+            return self
+        if wt == 0:
+            if "wedged_after_ms" not in self.model_fields_set:
+                object.__setattr__(self, "wedged_after_ms", NEVER_WEDGED_MS)
+            return self
+        if self.scoring_timeout_ms > wt * 1000:
+            object.__setattr__(self, "scoring_timeout_ms", wt * 1000)
+        if "wedged_after_ms" not in self.model_fields_set:
+            object.__setattr__(self, "wedged_after_ms", wt * 1000 - self.scoring_timeout_ms)
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.separate_health_endpoint and self.health_port and self.health_port == self.port:
+            raise ValueError(
+                f"health_port ({self.health_port}) must differ from port when separate_health_endpoint is on"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _slots_per_worker(self) -> Settings:
         if self.max_concurrent_requests < self.workers:
             # NOTE: every worker needs one slot at least; raising the limit silently
@@ -219,7 +348,34 @@ class Settings(BaseSettings):
             )
         return self
 
+    # --- construction --------------------------------------------------------
+    @classmethod
+    def build(cls, low_priority: Mapping[str, Any] | None = None, /, **values: Any) -> Settings:
+        """``Settings(**values)``, with ``low_priority`` field values consulted after the
+        environment and before the defaults (a config file's values, a command's defaults)."""
+        token = _LOW_PRIORITY.set(dict(low_priority or {}))
+        try:
+            return cls(**values)
+        finally:
+            _LOW_PRIORITY.reset(token)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _LowPrioritySource(settings_cls)
+
     # --- derived values (pure) -----------------------------------------------
+    def app_insights_active(self) -> bool:
+        """App Insights as the reference decides it: switched on and a key shaped like a UUID."""
+        key = self.app_insights_key.get_secret_value() if self.app_insights_key else ""
+        return self.app_insights_enabled and bool(_UUID.match(key))
+
     def slots_for(self, worker_index: int) -> int:
         """Concurrency slots of one worker: the container limit spread evenly."""
         base, extra = divmod(self.max_concurrent_requests, self.workers)
@@ -233,3 +389,18 @@ class Settings(BaseSettings):
             return None
         root = self.resolved_app_root(cwd)
         return os.path.normpath(os.path.join(root, os.path.expanduser(self.entry_script)))
+
+
+# --- the process-wide settings --------------------------------------------------
+_installed: Settings | None = None
+
+
+def install(settings: Settings) -> None:
+    """Make ``settings`` the process-wide object (a worker installs the HTTP process's)."""
+    global _installed
+    _installed = settings
+
+
+def current() -> Settings:
+    """The installed settings; outside a server process, the environment's."""
+    return _installed if _installed is not None else Settings()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import time
 
 import numpy as np
 import orjson
@@ -12,8 +13,10 @@ import pytest
 from conftest import ROOT, SCRIPTS
 
 from server.entry import aml
-from server.entry.script import EntryScript, EntryScriptError, model_dir_tree, query_to_dict
-from server.workers.protocol import Call
+from server.entry.inputs import query_to_dict
+from server.entry.script import EntryScript, model_dir_tree
+from server.errors import EntryScriptError
+from server.workers.protocol import Call, Target
 
 
 @pytest.fixture(autouse=True)
@@ -35,8 +38,12 @@ def load(name: str) -> EntryScript:
     return script
 
 
-def call(method: str = "POST", body: bytes = b"", **meta: object) -> Call:
-    return Call(1, 0, method, "rid-1", body, dict(meta) if meta else None)
+def call(
+    method: str = "POST", body: bytes = b"", *, q: str = "", ct: str = "", p: str = "",
+    h: list[tuple[str, str]] | None = None,
+) -> Call:
+    return Call(1, Target.SCORE, method, "rid-1", body, time.monotonic() + 60, query=q, content_type=ct, path=p,
+                headers=h or [])
 
 
 def test_plain_run_gets_body_string() -> None:
@@ -162,7 +169,7 @@ def test_model_dir_tree_lists_files(tmp_path) -> None:  # type: ignore[no-untype
 
 
 def test_numpy_result_serialises() -> None:
-    from server.entry.script import EntryScript as E
+    from server.entry.results import render
 
-    reply = E.render({"a": np.arange(3, dtype=np.float32), "b": np.int64(4)}, 1.0)
+    reply = render({"a": np.arange(3, dtype=np.float32), "b": np.int64(4)}, 1.0)
     assert orjson.loads(reply.body) == {"a": [0.0, 1.0, 2.0], "b": 4}

@@ -345,16 +345,22 @@ def test_fixed_replicas_turn_autoscaling_off() -> None:
     [
         ({"cpu_core": 1}, "unknown field 'cpu_core' (did you mean 'cpu_cores'?)"),
         ({"livenessProbe": {}}, "unknown field 'livenessProbe'"),
-        ({"cpu_cores": "1"}, "cpu_cores: expected a number"),
-        ({"cpu_cores": True}, "cpu_cores: expected a number"),
-        ({"cpu_cores": 0}, "cpu_cores: 0 is out of range"),
-        ({"memory_gb": -1}, "memory_gb: -1 is out of range"),
-        ({"num_replicas": 1.5}, "num_replicas: expected a whole number"),
-        ({"num_replicas": 0}, "num_replicas: 0 is out of range"),
-        ({"gpu_cores": "1"}, "gpu_cores: expected a whole number"),
-        ({"autoscale_enabled": "true"}, "autoscale_enabled: expected true or false"),
-        ({"autoscale_target_utilization": 0}, "autoscale_target_utilization: 0 is out of range"),
-        ({"autoscale_target_utilization": 101}, "autoscale_target_utilization: 101 is out of range"),
+        ({"cpu_cores": "1"}, "cpu_cores: Input should be a valid number"),
+        ({"cpu_cores": True}, "cpu_cores: Input should be a valid number"),
+        ({"cpu_cores": 0}, "cpu_cores: Input should be greater than 0 (got 0)"),
+        ({"memory_gb": -1}, "memory_gb: Input should be greater than 0 (got -1)"),
+        ({"num_replicas": 1.5}, "num_replicas: Input should be a valid integer"),
+        ({"num_replicas": 0}, "num_replicas: Input should be greater than or equal to 1 (got 0)"),
+        ({"gpu_cores": "1"}, "gpu_cores: Input should be a valid integer"),
+        ({"autoscale_enabled": "true"}, "autoscale_enabled: Input should be a valid boolean"),
+        (
+            {"autoscale_target_utilization": 0},
+            "autoscale_target_utilization: Input should be greater than or equal to 1",
+        ),
+        (
+            {"autoscale_target_utilization": 101},
+            "autoscale_target_utilization: Input should be less than or equal to 100",
+        ),
         (
             {"autoscale_min_replicas": 5, "autoscale_max_replicas": 2},
             "must not be below autoscale_min_replicas",
@@ -362,9 +368,9 @@ def test_fixed_replicas_turn_autoscaling_off() -> None:
         ({"cpu_cores": 2, "cpu_cores_limit": 1}, "cpu_cores_limit (1) must not be below cpu_cores (2)"),
         ({"memory_gb": 2, "memory_gb_limit": 1}, "memory_gb_limit (1) must not be below memory_gb (2)"),
         ({"num_replicas": 2, "autoscale_enabled": True}, "exclude each other"),
-        ({"scoring_timeout_ms": 0}, "scoring_timeout_ms: 0 is out of range"),
-        ({"max_request_wait_time": -5}, "max_request_wait_time: -5 is out of range"),
-        ({"computeType": "vm"}, "computeType: expected one of"),
+        ({"scoring_timeout_ms": 0}, "scoring_timeout_ms: Input should be greater than or equal to 1 (got 0)"),
+        ({"max_request_wait_time": -5}, "max_request_wait_time: Input should be greater than or equal to 0"),
+        ({"computeType": "vm"}, "computeType: Input should be 'aks', 'kubernetes', 'aci' or 'local'"),
         ({"namespace": "Not_Valid"}, "not a valid namespace"),
         ({"primary_key": "s3cret"}, "primary_key: not supported: keys do not belong in manifests"),
         ([1, 2], "must be a JSON object"),
@@ -440,7 +446,10 @@ def test_the_cli_file_form_is_understood(caplog: pytest.LogCaptureFixture) -> No
     [
         ({"autoScaler": {"minReplica": 1}}, "unknown field 'autoScaler.minReplica' (did you mean 'minReplicas'?)"),
         ({"autoScaler": 3}, "autoScaler: expected an object"),
-        ({"containerResourceRequirements": {"cpu": "1"}}, "containerResourceRequirements.cpu: expected a number"),
+        (
+            {"containerResourceRequirements": {"cpu": "1"}},
+            "containerResourceRequirements.cpu: Input should be a valid number",
+        ),
         ({"cpu_cores": 1, "containerResourceRequirements": {"cpu": 2}}, "set the same field"),
         ({"numReplicas": 2, "autoScaler": {"autoscaleEnabled": True}}, "exclude each other"),
         ({"keys": {"primaryKey": "s3cret"}}, "keys.primaryKey: not supported"),
@@ -467,7 +476,10 @@ def test_cli_reports_a_bad_configuration_and_exits_non_zero(tmp_path: Path, caps
     assert k8s.main(["render", "--config", str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert k8s.main(["render", "--name", "Bad_Name"]) == 2
-    assert "--name 'Bad_Name'" in capsys.readouterr().err
+    assert (
+        "--name: must be lower-case letters, digits and '-', a letter first (got \"Bad_Name\")"
+        in capsys.readouterr().err
+    )
     assert k8s.main(["render", "--env", "NOEQUALS"]) == 2
     assert k8s.main(["render", "--env", "SCOREHOST_PORT=1"]) == 2
     assert "set by the renderer" in capsys.readouterr().err
@@ -478,6 +490,39 @@ def test_workers_beyond_the_concurrency_limit_are_refused() -> None:
     # The server would refuse to start with fewer slots than workers; the renderer says so first.
     with pytest.raises(ConfigError, match="at least --workers"):
         k8s.render(parse_config({"replica_max_concurrent_requests": 2}), k8s.RenderOptions(workers=4))
+
+
+def _setting_bounds(setting: str) -> tuple[int, int]:
+    constraints = {type(c).__name__: c for c in Settings.model_fields[setting].metadata}
+    return constraints["Ge"].ge, constraints["Le"].le
+
+
+@pytest.mark.parametrize(
+    ("field", "setting"),
+    [
+        ("scoring_timeout_ms", "scoring_timeout_ms"),
+        ("replica_max_concurrent_requests", "max_concurrent_requests"),
+        ("max_request_wait_time", "max_queue_wait_ms"),
+    ],
+)
+def test_runtime_fields_are_bounded_like_the_settings_they_become(field: str, setting: str) -> None:
+    low, high = _setting_bounds(setting)
+    for ok in (low, high):
+        assert getattr(parse_config({field: ok}), field) == ok
+    for bad in (low - 1, high + 1):
+        with pytest.raises(ConfigError, match=f"^{field}: Input should be"):
+            parse_config({field: bad})
+
+
+def test_workers_option_is_bounded_like_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    low, high = _setting_bounds("workers")
+    assert k8s.main(["render", "--workers", str(high)]) == 0
+    capsys.readouterr()
+    for bad in (low - 1, high + 1):
+        assert k8s.main(["render", "--workers", str(bad)]) == 2
+        assert "--workers: Input should be" in capsys.readouterr().err
+    assert k8s.main(["render", "--graceful-timeout-s", "-1"]) == 2
+    assert "--graceful-timeout-s: Input should be greater than or equal to 0" in capsys.readouterr().err
 
 
 def test_fields_without_a_kubernetes_equivalent_are_ignored_with_a_warning(

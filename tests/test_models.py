@@ -24,7 +24,7 @@ from onnx_models import (
     mlp_reference,
 )
 
-from server.errors import InvalidInput, ModelNotFound, ModelNotReady, ScoreHostError
+from server.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, ScoreHostError
 from server.settings import Settings
 from server.store.repository import discover, parse_config
 from server.store.sessions import (
@@ -179,7 +179,8 @@ def test_config_file_is_read_and_bad_configs_fail_only_their_model(tmp_path: Pat
     store = open_models(tmp_path)
     info = {m.name: m for m in store.list()}
     assert info["good"].state is ModelState.READY
-    assert info["typo"].state is ModelState.FAILED and "devcie" in (info["typo"].reason or "")
+    assert info["typo"].state is ModelState.FAILED
+    assert "config typo.scorehost.json: unknown key 'devcie' (did you mean 'device'?)" in (info["typo"].reason or "")
     assert info["broken"].state is ModelState.FAILED and "invalid JSON" in (info["broken"].reason or "")
     assert info["warm"].state is ModelState.FAILED and "warm-up" in (info["warm"].reason or "")
 
@@ -192,15 +193,13 @@ def test_parse_config_accepts_the_documented_keys() -> None:
             "graph_optimization_level": "extended",
             "gpu_mem_limit_mb": 512,
             "warmup": [{"x": {"shape": [2, 16]}}, {"x": {"data": [0.0] * 16, "shape": [1, 16]}}],
-            "max_batch_size": 8,
-            "max_batch_time_ms": 2.5,
             "compact": True,
         }
     )
     assert cfg.device == "cuda:1" and cfg.gpu_mem_limit_mb == 512
     assert cfg.providers == ("CUDAExecutionProvider", ("CPUExecutionProvider", {"x": "1"}))
     assert len(cfg.warmup) == 2 and cfg.warmup[0]["x"].shape == (2, 16)
-    assert cfg.max_batch_size == 8 and cfg.max_batch_time_ms == 2.5 and cfg.compact is True
+    assert cfg.compact is True
     assert parse_config({}).compact is None
 
 
@@ -210,18 +209,38 @@ def test_parse_config_accepts_the_documented_keys() -> None:
         [],
         {"device": "tpu"},
         {"intra_op_threads": 2},
-        {"max_batch_size": -1},
-        {"max_batch_size": True},
+        {"gpu_mem_limit_mb": -1},
+        {"gpu_mem_limit_mb": True},
         {"graph_optimization_level": "max"},
         {"warmup": "yes"},
+        {"warmup": [{"x": {"shape": [1, -1]}}]},
         {"providers": []},
-        {"max_batch_time_ms": -1},
+        {"providers": [["CPUExecutionProvider"]]},
+        {"max_batch_size": 8},
+        {"max_batch_time_ms": 0},
         {"compact": "yes"},
     ],
 )
 def test_parse_config_rejects_bad_values(raw: Any) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError) as caught:
         parse_config(raw)
+    assert next(iter(raw), "JSON object") in str(caught.value), "the message names the key"
+
+
+def test_batching_keys_fail_their_model_saying_batching_is_not_supported(tmp_path: Path, open_models: Opener) -> None:
+    # max_batch_size / max_batch_time_ms were once accepted and ignored; now they are refused.
+    batched = make_mlp(tmp_path / "batched.onnx")
+    _write_config(batched, {"device": "cpu", "max_batch_size": 8})
+    make_mlp(tmp_path / "plain.onnx")
+    store = open_models(tmp_path)
+    info = {m.name: m for m in store.list()}
+    assert info["plain"].state is ModelState.READY
+    assert info["batched"].state is ModelState.FAILED
+    assert info["batched"].reason == (
+        "config batched.scorehost.json: max_batch_size: request batching is not supported yet; remove the key"
+    )
+    with pytest.raises(ModelNotReady, match="batching is not supported yet"):
+        store.get("batched")
 
 
 def test_warmup_runs_the_requests_given(tmp_path: Path, open_models: Opener) -> None:

@@ -15,44 +15,128 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Le
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Strict,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
+
+from server.errors import ConfigError
+from server.settings import Settings
+from server.validation import WholeNumber, bounded_like, describe
+
+# ConfigError lives in server.errors; importing it from here still works.
+__all__ = [
+    "CLI_NAMES",
+    "FIELDS",
+    "IGNORED",
+    "REFUSED",
+    "ConfigError",
+    "DeployConfig",
+    "Namespace",
+    "cpu_quantity",
+    "estimate_replicas",
+    "is_dns_label",
+    "load_config",
+    "memory_quantity",
+    "parse_config",
+]
 
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """The deployment configuration is not usable; the message says which field and why."""
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
-@dataclass(frozen=True)
-class DeployConfig:
-    """One deployment, with Azure ML's defaults (AksWebservice.deploy_configuration)."""
+# A finite number (an int is fine, true or "1" is not).
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+Cores = Annotated[Number, Gt(0), Le(1024)]
+Gigabytes = Annotated[Number, Gt(0), Le(4096)]
+Replicas = Annotated[WholeNumber, Ge(1), Le(10_000)]
+ProbeSeconds = Annotated[WholeNumber, Ge(1), Le(3600)]
+Threshold = Annotated[WholeNumber, Ge(1), Le(100)]
 
-    compute_type: str = "aks"
-    cpu_cores: float = 0.1
-    memory_gb: float = 0.5
-    gpu_cores: int = 0
-    cpu_cores_limit: float | None = None  # None: same as cpu_cores
-    memory_gb_limit: float | None = None  # None: same as memory_gb
-    num_replicas: int | None = None
-    autoscale_enabled: bool = True
-    autoscale_min_replicas: int = 1
-    autoscale_max_replicas: int = 10
-    autoscale_refresh_seconds: int = 1
-    autoscale_target_utilization: int = 70
-    scoring_timeout_ms: int = 60_000
-    replica_max_concurrent_requests: int | None = None  # None: the server's default (CPUs available)
-    max_request_wait_time: int = 500
-    period_seconds: int = 10
-    initial_delay_seconds: int = 310
-    timeout_seconds: int = 2
-    success_threshold: int = 1
-    failure_threshold: int = 3
-    namespace: str | None = None
-    auth_enabled: bool = False
+
+def _namespace(value: str) -> str:
+    if not is_dns_label(value):
+        raise ValueError("not a valid namespace (a DNS-1123 label)")
+    return value
+
+
+Namespace = Annotated[str, AfterValidator(_namespace)]
+
+
+class DeployConfig(BaseModel):
+    """One deployment, with Azure ML's defaults (AksWebservice.deploy_configuration).
+
+    The runtime fields take their bounds from the server's own settings, so a configuration the
+    renderer accepts also starts the server.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute_type: Annotated[Literal["aks", "kubernetes", "aci", "local"], BeforeValidator(_lower)] = "aks"
+    cpu_cores: Cores = 0.1
+    memory_gb: Gigabytes = 0.5
+    gpu_cores: Annotated[WholeNumber, Ge(0), Le(64)] = 0
+    cpu_cores_limit: Cores | None = None  # None: same as cpu_cores
+    memory_gb_limit: Gigabytes | None = None  # None: same as memory_gb
+    num_replicas: Replicas | None = None
+    autoscale_enabled: StrictBool = True
+    autoscale_min_replicas: Replicas = 1
+    autoscale_max_replicas: Replicas = 10
+    # Upper bound: the largest periodSeconds of an HPA scaling policy.
+    autoscale_refresh_seconds: Annotated[WholeNumber, Ge(1), Le(1800)] = 1
+    autoscale_target_utilization: Annotated[WholeNumber, Ge(1), Le(100)] = 70
+    scoring_timeout_ms: Annotated[WholeNumber, bounded_like(Settings, "scoring_timeout_ms")] = 60_000
+    # None: the server's default (CPUs available).
+    replica_max_concurrent_requests: (
+        Annotated[WholeNumber, bounded_like(Settings, "max_concurrent_requests")] | None
+    ) = None
+    max_request_wait_time: Annotated[WholeNumber, bounded_like(Settings, "max_queue_wait_ms")] = 500
+    period_seconds: ProbeSeconds = 10
+    initial_delay_seconds: Annotated[WholeNumber, Ge(0), Le(3600)] = 310
+    timeout_seconds: ProbeSeconds = 2
+    success_threshold: Threshold = 1
+    failure_threshold: Threshold = 3
+    namespace: Namespace | None = None
+    auth_enabled: StrictBool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_replicas(cls, data: Any) -> Any:
+        # Azure: autoscaling is on unless a fixed replica count is given, and the two exclude each other.
+        if isinstance(data, dict) and data.get("num_replicas") is not None:
+            if data.get("autoscale_enabled") is True:
+                raise ValueError("num_replicas and autoscale_enabled=true exclude each other; choose one")
+            data = {"autoscale_enabled": False, **data}  # a wrong type stays, and is refused
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeployConfig:
+        if self.cpu_limit < self.cpu_cores:
+            raise ValueError(f"cpu_cores_limit ({self.cpu_limit:g}) must not be below cpu_cores ({self.cpu_cores:g})")
+        if self.memory_limit_gb < self.memory_gb:
+            raise ValueError(
+                f"memory_gb_limit ({self.memory_limit_gb:g}) must not be below memory_gb ({self.memory_gb:g})"
+            )
+        if self.autoscale_max_replicas < self.autoscale_min_replicas:
+            raise ValueError(
+                f"autoscale_max_replicas ({self.autoscale_max_replicas}) must not be below "
+                f"autoscale_min_replicas ({self.autoscale_min_replicas})"
+            )
+        return self
 
     @property
     def cpu_limit(self) -> float:
@@ -63,82 +147,9 @@ class DeployConfig:
         return self.memory_gb if self.memory_gb_limit is None else self.memory_gb_limit
 
 
-# --- field checks --------------------------------------------------------------------------------
-Check = Callable[[str, object], object]
-
-
-def _number(low: float, high: float, *, low_open: bool = False) -> Check:
-    def check(name: str, value: object) -> object:
-        # NOTE: bool is an int subclass; `"cpu_cores": true` is a mistake, not 1 core.
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigError(f"{name}: expected a number, got {json.dumps(value)}")
-        if value < low or (low_open and value == low) or value > high:
-            bound = f"> {low:g}" if low_open else f">= {low:g}"
-            raise ConfigError(f"{name}: {value:g} is out of range (must be {bound} and <= {high:g})")
-        return float(value)
-
-    return check
-
-
-def _integer(low: int, high: int) -> Check:
-    def check(name: str, value: object) -> object:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)  # JSON writers may emit 2.0 for 2
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected a whole number, got {json.dumps(value)}")
-        if not low <= value <= high:
-            raise ConfigError(f"{name}: {value} is out of range ({low}..{high})")
-        return value
-
-    return check
-
-
-def _boolean(name: str, value: object) -> object:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true or false, got {json.dumps(value)}")
-    return value
-
-
-def _compute_type(name: str, value: object) -> object:
-    allowed = ("aks", "kubernetes", "aci", "local")
-    if not isinstance(value, str) or value.lower() not in allowed:
-        raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {json.dumps(value)}")
-    return value.lower()
-
-
-def _namespace(name: str, value: object) -> object:
-    if not isinstance(value, str) or not is_dns_label(value):
-        raise ConfigError(f"{name}: {json.dumps(value)} is not a valid namespace (a DNS-1123 label)")
-    return value
-
-
-# Azure field name -> (DeployConfig attribute, check). JSON null means "Azure's default".
-FIELDS: dict[str, tuple[str, Check]] = {
-    "computeType": ("compute_type", _compute_type),
-    "cpu_cores": ("cpu_cores", _number(0, 1024, low_open=True)),
-    "memory_gb": ("memory_gb", _number(0, 4096, low_open=True)),
-    "gpu_cores": ("gpu_cores", _integer(0, 64)),
-    "cpu_cores_limit": ("cpu_cores_limit", _number(0, 1024, low_open=True)),
-    "memory_gb_limit": ("memory_gb_limit", _number(0, 4096, low_open=True)),
-    "num_replicas": ("num_replicas", _integer(1, 10_000)),
-    "autoscale_enabled": ("autoscale_enabled", _boolean),
-    "autoscale_min_replicas": ("autoscale_min_replicas", _integer(1, 10_000)),
-    "autoscale_max_replicas": ("autoscale_max_replicas", _integer(1, 10_000)),
-    # Upper bound: the largest periodSeconds of an HPA scaling policy.
-    "autoscale_refresh_seconds": ("autoscale_refresh_seconds", _integer(1, 1800)),
-    "autoscale_target_utilization": ("autoscale_target_utilization", _integer(1, 100)),
-    # The bounds of server/settings.py, so a config the renderer accepts also starts the server.
-    "scoring_timeout_ms": ("scoring_timeout_ms", _integer(1, 86_400_000)),
-    "replica_max_concurrent_requests": ("replica_max_concurrent_requests", _integer(1, 10_000)),
-    "max_request_wait_time": ("max_request_wait_time", _integer(0, 3_600_000)),
-    "period_seconds": ("period_seconds", _integer(1, 3600)),
-    "initial_delay_seconds": ("initial_delay_seconds", _integer(0, 3600)),
-    "timeout_seconds": ("timeout_seconds", _integer(1, 3600)),
-    "success_threshold": ("success_threshold", _integer(1, 100)),
-    "failure_threshold": ("failure_threshold", _integer(1, 100)),
-    "namespace": ("namespace", _namespace),
-    "auth_enabled": ("auth_enabled", _boolean),
-}
+# Azure's flat field names: DeployConfig's, but for computeType. JSON null means "Azure's default".
+_AZURE_NAMES = {"compute_type": "computeType"}
+FIELDS: dict[str, str] = {_AZURE_NAMES.get(name, name): name for name in DeployConfig.model_fields}
 
 # Azure fields with no Kubernetes counterpart: accepted (a config written for Azure should
 # render), reported as ignored.
@@ -243,38 +254,20 @@ def parse_config(raw: object) -> DeployConfig:
     if not isinstance(raw, dict):
         raise ConfigError("the deployment configuration must be a JSON object")
     values: dict[str, Any] = {}
+    written: dict[str, str] = {}  # DeployConfig field -> the name the user wrote, for messages
     for name, (value, where) in _flatten(raw).items():
         if name in REFUSED and value not in (None, False):
             raise ConfigError(f"{where}: not supported: {REFUSED[name]}")
         if name in IGNORED or name in REFUSED:
             log.warning("deployment configuration: %s has no Kubernetes equivalent; ignored", where)
             continue
-        if value is None:
-            continue
-        attribute, check = FIELDS[name]
-        values[attribute] = check(where, value)
-    # Azure: autoscaling is on unless a fixed replica count is given, and the two exclude each other.
-    if "num_replicas" in values:
-        if values.get("autoscale_enabled") is True:
-            raise ConfigError("num_replicas and autoscale_enabled=true exclude each other; choose one")
-        values["autoscale_enabled"] = False
-    config = DeployConfig(**values)
-    _check_consistency(config)
-    return config
-
-
-def _check_consistency(config: DeployConfig) -> None:
-    if config.cpu_limit < config.cpu_cores:
-        raise ConfigError(f"cpu_cores_limit ({config.cpu_limit:g}) must not be below cpu_cores ({config.cpu_cores:g})")
-    if config.memory_limit_gb < config.memory_gb:
-        raise ConfigError(
-            f"memory_gb_limit ({config.memory_limit_gb:g}) must not be below memory_gb ({config.memory_gb:g})"
-        )
-    if config.autoscale_max_replicas < config.autoscale_min_replicas:
-        raise ConfigError(
-            f"autoscale_max_replicas ({config.autoscale_max_replicas}) must not be below "
-            f"autoscale_min_replicas ({config.autoscale_min_replicas})"
-        )
+        if value is not None:
+            values[FIELDS[name]] = value
+            written[FIELDS[name]] = where
+    try:
+        return DeployConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, DeployConfig, names=written)) from exc
 
 
 def load_config(path: str) -> DeployConfig:

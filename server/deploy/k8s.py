@@ -20,19 +20,24 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Annotated, Any
+
+from annotated_types import Ge, Le
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from server.deploy.config import (
-    ConfigError,
     DeployConfig,
+    Namespace,
     cpu_quantity,
     estimate_replicas,
     is_dns_label,
     load_config,
     memory_quantity,
 )
+from server.errors import ConfigError
+from server.settings import Settings
+from server.validation import bounded_like, describe
 
 Manifest = dict[str, Any]
 
@@ -44,20 +49,43 @@ DRAIN_MARGIN_S = 5  # on top of shutdown delay + graceful timeout: process exit,
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-@dataclass(frozen=True)
-class RenderOptions:
-    """What the command line adds to the deployment configuration."""
+Port = Annotated[int, Ge(1), Le(65535)]  # a containerPort: unlike the server's port, never 0
+
+
+class RenderOptions(BaseModel):
+    """What the command line adds to the deployment configuration.
+
+    The fields that become server settings take those settings' bounds.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "scorehost"
     image: str | None = None  # None: scorehost:cpu, or scorehost:gpu when gpu_cores > 0
-    namespace: str | None = None  # None: the config's namespace, else the kubectl context's
-    port: int = 5001
-    service_port: int = 80
+    namespace: Namespace | None = None  # None: the config's namespace, else the kubectl context's
+    port: Port = 5001
+    service_port: Port = 80
     entry_script: str | None = None
-    workers: int | None = None
-    shutdown_delay_s: float = 2.0
-    graceful_timeout_s: float = 30.0
-    env: dict[str, str] = field(default_factory=dict)
+    workers: Annotated[int, bounded_like(Settings, "workers")] | None = None
+    shutdown_delay_s: Annotated[float, bounded_like(Settings, "shutdown_delay_s")] = 2.0
+    graceful_timeout_s: Annotated[float, bounded_like(Settings, "graceful_timeout_s")] = 30.0
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        # Service names are DNS-1035 labels (a letter first); the HPA/PDB/Deployment share the name.
+        if not (is_dns_label(value) and value[0].isalpha()):
+            raise ValueError("must be lower-case letters, digits and '-', a letter first")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_NAME.fullmatch(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return value
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -248,24 +276,10 @@ def _hpa(config: DeployConfig, name: str, namespace: str | None) -> Manifest:
 
 
 def _check_options(config: DeployConfig, opts: RenderOptions) -> None:
-    # Service names are DNS-1035 labels (a letter first); the HPA/PDB/Deployment share the name.
-    if not (is_dns_label(opts.name) and opts.name[0].isalpha()):
-        raise ConfigError(f"--name {opts.name!r}: must be lower-case letters, digits and '-', a letter first")
-    if opts.namespace is not None and not is_dns_label(opts.namespace):
-        raise ConfigError(f"--namespace {opts.namespace!r}: not a valid namespace (a DNS-1123 label)")
-    if not 1 <= opts.port <= 65535 or not 1 <= opts.service_port <= 65535:
-        raise ConfigError("ports must be in 1..65535")
-    if opts.workers is not None and not 1 <= opts.workers <= 64:
-        raise ConfigError(f"--workers {opts.workers}: must be in 1..64")
-    if opts.shutdown_delay_s < 0 or opts.graceful_timeout_s < 0:
-        raise ConfigError("--shutdown-delay-s and --graceful-timeout-s must be >= 0")
     concurrent = config.replica_max_concurrent_requests
     if opts.workers is not None and concurrent is not None and concurrent < opts.workers:
         # The server refuses to start with fewer slots than workers; say so before deploying.
         raise ConfigError(f"replica_max_concurrent_requests ({concurrent}) must be at least --workers ({opts.workers})")
-    for key in opts.env:
-        if not _ENV_NAME.fullmatch(key):
-            raise ConfigError(f"--env {key!r}: not a valid environment variable name")
 
 
 # --- a small YAML emitter -----------------------------------------------------------------------
@@ -374,18 +388,12 @@ def _render_command(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
         env[key] = value
-    opts = RenderOptions(
-        name=args.name,
-        image=args.image,
-        namespace=args.namespace,
-        port=args.port,
-        service_port=args.service_port,
-        entry_script=args.entry_script,
-        workers=args.workers,
-        shutdown_delay_s=args.shutdown_delay_s,
-        graceful_timeout_s=args.graceful_timeout_s,
-        env=env,
-    )
+    options = {name: getattr(args, name) for name in RenderOptions.model_fields if name != "env"}
+    try:
+        opts = RenderOptions(**options, env=env)
+    except ValidationError as exc:
+        flags = {name: "--" + name.replace("_", "-") for name in RenderOptions.model_fields}
+        raise ConfigError(describe(exc, RenderOptions, names=flags)) from exc
     manifests = render(config, opts)
     if not args.output_dir:
         sys.stdout.write("---\n".join(to_yaml(m, HEADER) for m in manifests))

@@ -9,8 +9,9 @@ API that scoring scripts use; ``AMLResponse`` keeps the reference's signature.
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -179,7 +180,7 @@ class AMLRequest:
             )
         try:
             return json.loads(self._body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past the stack
             if silent:
                 return None
             raise BadRequest(f"Failed to decode JSON object: {exc}") from exc
@@ -211,7 +212,11 @@ class AMLResponse:
         self.status_code = int(status_code)
         self.run_function_failed = bool(run_function_failed)
         self.mimetype: str | None
-        if message is None:
+        # A generator body is streamed, chunk by chunk, as the reference does.
+        self.stream: Iterator[Any] | AsyncIterator[Any] | None = None
+        if inspect.isgenerator(message) or inspect.isasyncgen(message):
+            self.data, self.mimetype, self.stream = b"", "text/html; charset=utf-8", message
+        elif message is None:
             self.data, self.mimetype = b"{}", "application/json"
         elif json_str:
             self.data, self.mimetype = json.dumps(message).encode(), "application/json"

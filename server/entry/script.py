@@ -18,89 +18,23 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import ModuleType
+from types import CodeType, ModuleType, TracebackType
 from typing import Any
-from urllib.parse import parse_qsl
 
-import orjson
-
-from server.entry import aml, compat
-from server.errors import BadRequest, ScoreHostError, UnsupportedMediaType
-from server.workers.protocol import Call, Reply
+from server.entry import aml, compat, inputs
+from server.entry.results import Stream, render
+from server.errors import BadRequest, EntryScriptError, ScoreHostError, ScriptError
+from server.workers.protocol import Call, MetaLevel, Reply, RunMode, ScriptInfo
 
 logger = logging.getLogger("scorehost.entry")
 
-MODE_STRING = "string"
-MODE_SCHEMA = "schema"
-MODE_RAW = "raw"
-
-# How much request metadata the HTTP process must send with each call.
-META_NONE = 0  # body (and the query string for GET)
-META_CONTENT_TYPE = 1  # + content type
-META_FULL = 2  # + path, query, all headers
-
 SCRIPT_ERROR_MESSAGE = "An unexpected error occurred in scoring script. Check the logs for more info."
-SERIALIZE_ERROR_MESSAGE = "An unexpected internal error occurred. Check the logs for more info."
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
-
-
-class EntryScriptError(ScoreHostError):
-    """The script could not be loaded, or its init() failed. Fatal for the worker."""
-
-
-@dataclass
-class ScriptInfo:
-    """What the HTTP process needs to know about the loaded script."""
-
-    mode: str
-    is_async: bool
-    meta_level: int
-    param_names: list[str] = field(default_factory=list)
-    input_schema: Any = None
-    output_schema: Any = None
-    swagger_versions: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "is_async": self.is_async,
-            "meta_level": self.meta_level,
-            "param_names": self.param_names,
-            "input_schema": self.input_schema,
-            "output_schema": self.output_schema,
-            "swagger_versions": self.swagger_versions,
-        }
-
-
-def _json_default(obj: Any) -> Any:
-    # NOTE: orjson serialises C-contiguous numpy arrays natively; this catches the
-    # rest (non-contiguous arrays, numpy scalars of odd types, objects with tolist).
-    tolist = getattr(obj, "tolist", None)
-    if callable(tolist):
-        return tolist()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def query_to_dict(query: str) -> dict[str, Any]:
-    """The reference's GET mapping: values parsed as JSON, repeated keys as lists."""
-    grouped: dict[str, list[str]] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        grouped.setdefault(key, []).append(value)
-
-    def parse(value: str) -> Any:
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-
-    return {k: parse(v[0]) if len(v) == 1 else [parse(x) for x in v] for k, v in grouped.items()}
+ALL_SWAGGER_VERSIONS = ["2", "3", "3.1"]
 
 
 def model_dir_tree(model_dir: str | None, limit: int = 200) -> str:
@@ -135,7 +69,9 @@ class EntryScript:
         self._run: Callable[..., Any] | None = None
         self._data_param = "data"
         self._pass_headers = False
-        self.info = ScriptInfo(MODE_STRING, False, META_NONE)
+        self.info = ScriptInfo(RunMode.STRING, False, MetaLevel.NONE)
+        self._params: list[inspect.Parameter] = []
+        self._run_code: CodeType | None = None
 
     # --- loading -----------------------------------------------------------
     def load(self) -> ScriptInfo:
@@ -192,19 +128,22 @@ class EntryScript:
         if aml.raw_http_requested() and decorated:
             raise EntryScriptError("run() cannot be decorated with both @rawhttp and @input_schema")
         if aml.raw_http_requested():
-            mode, meta = MODE_RAW, META_FULL
+            mode, meta = RunMode.RAW, MetaLevel.FULL
         elif decorated:
-            mode, meta = MODE_SCHEMA, META_CONTENT_TYPE
+            mode, meta = RunMode.SCHEMA, MetaLevel.CONTENT_TYPE
         else:
-            mode, meta = MODE_STRING, META_NONE
+            mode, meta = RunMode.STRING, MetaLevel.NONE
         if self._pass_headers:
-            meta = META_FULL
+            meta = MetaLevel.FULL
         info = ScriptInfo(mode, is_async, meta, [p.name for p in params])
         self._params = params
         if decorated:
             info.input_schema, info.output_schema, info.swagger_versions = _schemas(run)
         else:
-            info.swagger_versions = ["2", "3", "3.1"]
+            info.swagger_versions = list(ALL_SWAGGER_VERSIONS)
+        # The user's own function, to tell inference-schema's input conversion
+        # failing (bad input: 400) from run() failing (500).
+        self._run_code = getattr(inspect.unwrap(run), "__code__", None)
         return info
 
     def call_init(self) -> None:
@@ -224,62 +163,24 @@ class EntryScript:
 
     # --- calling -------------------------------------------------------------
     def _arguments(self, call: Call) -> dict[str, Any]:
-        meta = call.meta or {}
         mode = self.info.mode
-        if mode == MODE_RAW:
-            kwargs: dict[str, Any] = {self._data_param: self._aml_request(call, meta)}
-        elif mode == MODE_STRING:
-            if call.method == "GET":
-                data = json.dumps(query_to_dict(meta.get("q", "")))
-            else:
-                try:
-                    data = call.body.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise BadRequest(f"Input cannot be decoded as UTF-8: {exc}") from None
+        kwargs: dict[str, Any]
+        if mode is RunMode.RAW:
+            kwargs = {self._data_param: self._aml_request(call)}
+        elif mode is RunMode.STRING:
+            data = inputs.query_as_json(call.query) if call.method == "GET" else inputs.body_as_text(call.body)
             kwargs = {self._data_param: data}
         else:
-            kwargs = self._schema_arguments(call, meta)
+            kwargs = inputs.schema_arguments(self._params, inputs.schema_payload(call))
         if self._pass_headers:
-            kwargs["request_headers"] = {
-                "-".join(p.capitalize() for p in k.split("-")): v for k, v in meta.get("h", [])
-            }
-        return kwargs
-
-    def _schema_arguments(self, call: Call, meta: dict[str, Any]) -> dict[str, Any]:
-        if call.method == "GET":
-            payload: Any = query_to_dict(meta.get("q", ""))
-        else:
-            ctype = str(meta.get("ct") or "").split(";", 1)[0].strip().lower()
-            if ctype != "application/json":
-                raise UnsupportedMediaType("Expects Content-Type to be application/json")
-            if not call.body.strip():
-                raise BadRequest("POST body is empty. Expecting a JSON dictionary.")
-            try:
-                payload = orjson.loads(call.body)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(f"POST body could not be decoded as JSON: {exc}") from None
-            if not isinstance(payload, dict):
-                raise BadRequest("POST body should be a JSON dictionary.")
-        kwargs = {}
-        for param in self._params:
-            if param.name in payload:
-                kwargs[param.name] = payload[param.name]
-            elif param.default is inspect.Parameter.empty:
-                raise BadRequest(f"A value is not provided for the '{param.name}' parameter.")
-            else:
-                # NOTE: inference-schema's decorator indexes every declared parameter,
-                # so defaults are passed explicitly rather than left out.
-                kwargs[param.name] = param.default
+            kwargs["request_headers"] = inputs.header_dict(call.headers)
         return kwargs
 
     @staticmethod
-    def _aml_request(call: Call, meta: dict[str, Any]) -> aml.AMLRequest:
-        headers = [(k, v) for k, v in meta.get("h", [])]
+    def _aml_request(call: Call) -> aml.AMLRequest:
         # The HTTP process serves plain HTTP; the client's Host header names the server.
-        host = next((v for k, v in headers if k.lower() == "host"), "localhost")
-        return aml.AMLRequest(
-            call.method, meta.get("p", "/score"), meta.get("q", ""), headers, call.body, f"http://{host}"
-        )
+        host = next((v for k, v in call.headers if k.lower() == "host"), "localhost")
+        return aml.AMLRequest(call.method, call.path or "/score", call.query, call.headers, call.body, f"http://{host}")
 
     def _prepare(self, call: Call) -> dict[str, Any] | Reply:
         """The keyword arguments for ``run()``, or the 400/415 reply for bad input."""
@@ -287,14 +188,32 @@ class EntryScript:
             return self._arguments(call)
         except ScoreHostError as exc:
             logger.info("Rejected input: %s", exc.message)
-            return Reply.error(exc.status_code, exc.message)
+            return Reply.from_error(exc)
 
-    @staticmethod
-    def _raised() -> Reply:
+    def _failed(self, exc: Exception) -> Reply:
+        """The reply for an exception from calling ``run()``."""
+        if isinstance(exc, ScoreHostError):
+            # Raised by our own request API inside run() (AMLRequest.get_json: 400/415).
+            logger.info("Rejected input inside run(): %s", exc.message)
+            return Reply.from_error(exc)
+        if self.info.mode is RunMode.SCHEMA and not self._entered_run(exc.__traceback__):
+            # inference-schema could not convert the input to the declared types, so the
+            # user's run() never started: the client sent bad input.
+            logger.info("Input does not match run()'s schema: %s: %s", type(exc).__name__, exc)
+            return Reply.from_error(
+                BadRequest(f"Input does not match the declared schema: {type(exc).__name__}: {exc}")
+            )
         logger.exception("run() raised an exception")
-        return Reply.error(500, SCRIPT_ERROR_MESSAGE, run_failed=True)
+        return Reply.from_error(ScriptError(SCRIPT_ERROR_MESSAGE))
 
-    def call_sync(self, call: Call) -> Reply:
+    def _entered_run(self, tb: TracebackType | None) -> bool:
+        while tb is not None:
+            if tb.tb_frame.f_code is self._run_code:
+                return True
+            tb = tb.tb_next
+        return self._run_code is None
+
+    def call_sync(self, call: Call) -> Reply | Stream:
         """Run a synchronous ``run()`` for one call; never raises."""
         assert self._run is not None
         kwargs = self._prepare(call)
@@ -303,11 +222,11 @@ class EntryScript:
         started = time.perf_counter()
         try:
             result = self._run(**kwargs)
-        except Exception:
-            return self._raised()
-        return self.render(result, (time.perf_counter() - started) * 1000.0)
+        except Exception as exc:
+            return self._failed(exc)
+        return render(result, (time.perf_counter() - started) * 1000.0)
 
-    async def call_async(self, call: Call) -> Reply:
+    async def call_async(self, call: Call) -> Reply | Stream:
         """Await an ``async def run()`` for one call; never raises."""
         assert self._run is not None
         kwargs = self._prepare(call)
@@ -318,24 +237,9 @@ class EntryScript:
             result = self._run(**kwargs)
             if inspect.isawaitable(result):
                 result = await result
-        except Exception:
-            return self._raised()
-        return self.render(result, (time.perf_counter() - started) * 1000.0)
-
-    @staticmethod
-    def render(result: Any, exec_ms: float) -> Reply:
-        """Turn what ``run()`` returned into a reply, as the reference does."""
-        if isinstance(result, aml.AMLResponse):
-            failed = result.run_function_failed or result.status_code >= 500
-            return Reply(result.status_code, result.data, result.mimetype, result.headers, failed, exec_ms)
-        if result is None:
-            return Reply(200, b"{}", exec_ms=exec_ms)
-        try:
-            body = orjson.dumps(result, default=_json_default, option=_NUMPY)
-        except TypeError:
-            logger.exception("run() returned a value that cannot be serialised to JSON")
-            return Reply.error(500, SERIALIZE_ERROR_MESSAGE)
-        return Reply(200, body, exec_ms=exec_ms)
+        except Exception as exc:
+            return self._failed(exc)
+        return render(result, (time.perf_counter() - started) * 1000.0)
 
 
 async def _await(awaitable: Any) -> Any:

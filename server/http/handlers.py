@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,18 +28,28 @@ from server.errors import (
     Unauthorized,
 )
 from server.http import swagger
-from server.http.responses import RawResponse, json_response, render_error, render_reply, text_response
+from server.http.responses import (
+    RawResponse,
+    StreamEnd,
+    json_response,
+    render_error,
+    render_reply,
+    render_stream,
+    text_response,
+)
 from server.log import AccessLog
 from server.settings import Settings
-from server.workers import protocol
 from server.workers.pool import WorkerPool
+from server.workers.protocol import Call, MetaLevel, Reply, RunMode, Target
+from server.workers.relay import Answer
 
 logger = logging.getLogger("scorehost.http")
 
 MAX_ID_LENGTH = 100
 SCORE_METHODS = ("GET", "POST", "OPTIONS")
+V2_METHODS = ("GET", "POST")
 Ids = tuple[str, str | None, str | None]
-Work = Callable[[Request, Ids, dict[bytes, bytes]], Awaitable[RawResponse]]
+Work = Callable[[Request, Ids, dict[bytes, bytes]], Awaitable[Response]]
 
 _X_REQUEST_ID = b"x-request-id"
 _CLIENT_IDS = (b"x-ms-client-request-id", b"x-ms-request-id")
@@ -138,41 +147,63 @@ class Handlers:
     async def v2(self, request: Request) -> Response:
         return await self._handle(request, self._v2, v2=True)
 
-    async def _score(self, request: Request, ids: Ids, found: dict[bytes, bytes]) -> RawResponse:
+    async def _score(self, request: Request, ids: Ids, found: dict[bytes, bytes]) -> Response:
         method = request.scope["method"]
         if method not in SCORE_METHODS:
-            raise MethodNotAllowed("The method is not allowed for the requested URL.")
+            raise MethodNotAllowed("The method is not allowed for the requested URL.", allow=SCORE_METHODS)
         self._check_auth(found)
         script = self.pool.script
-        if method == "OPTIONS" and (script is None or script["mode"] != "raw"):
-            return render_reply(protocol.Reply(200, b"", None), ids)
+        if method == "OPTIONS" and (script is None or script.mode is not RunMode.RAW):
+            return render_reply(Reply(200, b"", None), ids)
         body = await self._body(request, found)
-        meta = self._meta(request, script["meta_level"] if script else 0, found, method)
-        reply = await self.pool.call(protocol.TARGET_SCORE, method, ids[0], body, meta)
-        return render_reply(reply, ids)
+        level = script.meta_level if script else MetaLevel.NONE
+        answer = await self.pool.call(self._call(request, Target.SCORE, method, ids[0], body, level, found))
+        return self._render(request, answer, ids)
 
-    async def _v2(self, request: Request, ids: Ids, found: dict[bytes, bytes]) -> RawResponse:
+    async def _v2(self, request: Request, ids: Ids, found: dict[bytes, bytes]) -> Response:
         method = request.scope["method"]
-        if method not in ("GET", "POST"):
-            raise MethodNotAllowed("The method is not allowed for the requested URL.")
+        if method not in V2_METHODS:
+            raise MethodNotAllowed("The method is not allowed for the requested URL.", allow=V2_METHODS)
         self._check_auth(found)
         body = await self._body(request, found)
-        reply = await self.pool.call(protocol.TARGET_V2, method, ids[0], body, self._meta(request, 2, found, method))
-        return render_reply(reply, ids)
+        answer = await self.pool.call(self._call(request, Target.V2, method, ids[0], body, MetaLevel.FULL, found))
+        return self._render(request, answer, ids)
+
+    def _render(self, request: Request, answer: Answer, ids: Ids) -> Response:
+        if isinstance(answer, Reply):
+            return render_reply(answer, ids)
+        return render_stream(answer, ids, self._stream_logger(request, ids[0]))
+
+    def _stream_logger(self, request: Request, rid: str) -> StreamEnd:
+        """The access line of a streamed reply, written when its last byte is sent."""
+        started = time.perf_counter()
+
+        def done(status: int, size: int, failure: str | None) -> None:
+            if failure is not None:
+                logger.warning("Stream ended early: %s", failure, extra={"request_id": rid})
+            if self.log_access:
+                self._log(request, status, started, rid, size)
+
+        return done
 
     @staticmethod
-    def _meta(request: Request, level: int, found: dict[bytes, bytes], method: str) -> bytes:
+    def _call(
+        request: Request, target: Target, method: str, rid: str, body: bytes, level: MetaLevel,
+        found: dict[bytes, bytes],
+    ) -> Call:  # fmt: skip
+        """The call for the worker: only the metadata its script asked for."""
         scope = request.scope
-        if level == 0:
-            return orjson.dumps({"q": scope["query_string"].decode("latin-1")}) if method == "GET" else b""
-        meta: dict[str, Any] = {
-            "q": scope["query_string"].decode("latin-1"),
-            "ct": found.get(_CTYPE, b"").decode("latin-1"),
-        }
-        if level >= 2:
-            meta["p"] = scope["path"]
-            meta["h"] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        return orjson.dumps(meta)
+        call = Call(0, target, method, rid, body, 0.0)
+        if level is MetaLevel.NONE:
+            if method == "GET":
+                call.query = scope["query_string"].decode("latin-1")
+            return call
+        call.query = scope["query_string"].decode("latin-1")
+        call.content_type = found.get(_CTYPE, b"").decode("latin-1")
+        if level is MetaLevel.FULL:
+            call.path = scope["path"]
+            call.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        return call
 
     def _error(self, request: Request, exc: ScoreHostError, ids: Ids | None, *, v2: bool = False) -> RawResponse:
         level = logging.WARNING if exc.status_code >= 500 else logging.INFO

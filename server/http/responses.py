@@ -5,12 +5,18 @@ V2 clients such as tritonclient read)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+
 import orjson
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from server import __version__
-from server.errors import ScoreHostError
+from server.errors import error_body
 from server.workers.protocol import Reply
+from server.workers.relay import ReplyStream, StreamFailed
+
+# Called when a streamed reply ends: (status, bytes sent, failure or None).
+StreamEnd = Callable[[int, int, str | None], None]
 
 SERVER_VERSION = ("x-ms-server-version", f"scorehost/{__version__}")
 _RAW_VERSION = (b"x-ms-server-version", SERVER_VERSION[1].encode())
@@ -46,6 +52,10 @@ def id_headers(ids: tuple[str, str | None, str | None]) -> list[tuple[bytes, byt
 
 
 def render_reply(reply: Reply, ids: tuple[str, str | None, str | None]) -> RawResponse:
+    return RawResponse(reply.status, reply.body, _reply_headers(reply, ids))
+
+
+def _reply_headers(reply: Reply, ids: tuple[str, str | None, str | None]) -> list[tuple[bytes, bytes]]:
     headers = id_headers(ids)
     if reply.content_type:
         headers.append((b"content-type", reply.content_type.encode()))
@@ -54,19 +64,46 @@ def render_reply(reply: Reply, ids: tuple[str, str | None, str | None]) -> RawRe
         headers.append((b"x-ms-run-fn-exec-ms", b"%.3f" % reply.exec_ms))
     for name, value in reply.headers:
         headers.append((name.lower().encode(), str(value).encode("latin-1", "replace")))
-    return RawResponse(reply.status, reply.body, headers)
+    return headers
+
+
+def render_stream(stream: ReplyStream, ids: tuple[str, str | None, str | None], on_end: StreamEnd) -> Response:
+    """A streamed reply, sent with chunked transfer encoding as the worker yields it.
+
+    A stream that fails midway (run() raised, the worker died, it went idle) is cut
+    off without its terminating chunk, so the client sees an incomplete response
+    rather than a short one that looks whole.
+    """
+    head = stream.head
+    headers = _reply_headers(head, ids)
+
+    async def body() -> AsyncIterator[bytes]:
+        failure: str | None = None
+        try:
+            async for chunk in stream:
+                yield chunk
+        except StreamFailed as exc:
+            failure = str(exc)
+            raise
+        finally:
+            on_end(head.status, stream.sent_bytes, failure)
+
+    response = StreamingResponse(body(), status_code=head.status)
+    response.raw_headers = headers
+    return response
 
 
 def render_error(
-    exc: ScoreHostError, ids: tuple[str, str | None, str | None] | None = None, *, v2: bool = False
+    exc: BaseException, ids: tuple[str, str | None, str | None] | None = None, *, v2: bool = False
 ) -> RawResponse:
-    payload = {"message": exc.message, "error": exc.message} if v2 else {"message": exc.message}
+    """The one renderer of errors: any exception, via :func:`server.errors.error_body`."""
+    status, body, extra, run_failed = error_body(exc, v2=v2)
     headers = id_headers(ids) if ids else [_RAW_VERSION]
     headers.append((b"content-type", _JSON))
-    headers.append((b"x-ms-run-function-failed", _TRUE if exc.run_failed else _FALSE))
-    for name, value in exc.headers.items():
+    headers.append((b"x-ms-run-function-failed", _TRUE if run_failed else _FALSE))
+    for name, value in extra.items():
         headers.append((name.lower().encode(), value.encode()))
-    return RawResponse(exc.status_code, orjson.dumps(payload), headers)
+    return RawResponse(status, body, headers)
 
 
 def json_response(status: int, payload: object, extra: list[tuple[bytes, bytes]] | None = None) -> RawResponse:

@@ -16,6 +16,7 @@ from typing import Any
 
 from server.errors import NotFound
 from server.settings import Settings
+from server.workers.protocol import ScriptInfo
 
 logger = logging.getLogger("scorehost.swagger")
 
@@ -51,12 +52,11 @@ def _operations(prefix: str, ref: str) -> dict[str, Any]:
     }
 
 
-def build(version: str, settings: Settings, script: dict[str, Any] | None) -> dict[str, Any]:
+def build(version: str, settings: Settings, script: ScriptInfo | None) -> dict[str, Any]:
     """The document for one version alias; raises :class:`NotFound` for unknown versions."""
     canonical = VERSIONS.get(version)
-    supported = sorted(
-        {VERSIONS[v] for v in (script or {}).get("swagger_versions", VERSIONS) if v in VERSIONS} or {"2", "3", "3.1"}
-    )
+    versions = script.swagger_versions if script is not None else list(VERSIONS)
+    supported = sorted({VERSIONS[v] for v in versions if v in VERSIONS} or {"2", "3", "3.1"})
     if canonical is None:
         raise NotFound(f"Swagger version [{version}] is not valid. Supported versions: [{', '.join(supported)}].")
     if canonical not in supported:
@@ -67,9 +67,8 @@ def build(version: str, settings: Settings, script: dict[str, Any] | None) -> di
     user = _user_document(canonical, settings)
     if user is not None:
         return user
-    script = script or {}
-    inp = script.get("input_schema") or _EMPTY
-    out = script.get("output_schema") or _EMPTY
+    inp = (script.input_schema if script else None) or _EMPTY
+    out = (script.output_schema if script else None) or _EMPTY
     prefix = f"/{settings.service_path_prefix}" if settings.service_path_prefix else ""
     info = {
         "title": settings.service_name,

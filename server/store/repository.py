@@ -26,51 +26,109 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from annotated_types import Ge
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, ValidationError, field_validator
 
+from server.errors import ConfigError, DiscoveryError
+from server.settings import Settings
 from server.store.sessions import GRAPH_LEVELS, ProviderSpec, parse_device
+from server.validation import bounded_like, describe
+
+# ConfigError and DiscoveryError live in server.errors; importing them from here still works.
+__all__ = [
+    "CONFIG_SUFFIX",
+    "MODEL_SUFFIX",
+    "ConfigError",
+    "DiscoveryError",
+    "ModelConfig",
+    "ModelSource",
+    "WarmupTensor",
+    "discover",
+    "parse_config",
+    "read_config",
+]
 
 CONFIG_SUFFIX = ".scorehost.json"
 MODEL_SUFFIX = ".onnx"
 _MAX_DEPTH = 8  # bounds the walk; a symlink loop cannot make it run forever
 
+# Keys refused on purpose, with the reason (extra="forbid" refuses them; this says why).
+_NOT_SUPPORTED = {
+    "max_batch_size": "request batching is not supported yet; remove the key",
+    "max_batch_time_ms": "request batching is not supported yet; remove the key",
+}
 
-class DiscoveryError(Exception):
-    """model_dir is missing or unusable."""
 
-
-@dataclass(frozen=True, slots=True)
-class WarmupTensor:
+class WarmupTensor(BaseModel):
     """One warm-up input: its shape (dynamic dims 1 if None) and optional flat data (zeros if None)."""
 
-    shape: tuple[int, ...] | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shape: tuple[Annotated[int, Strict(), Ge(0)], ...] | None = None
     data: list[Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ModelConfig:
-    """What ``<model>.scorehost.json`` may set. Every key is optional.
+def _provider(item: object) -> object:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict):
+        return (item[0], {str(k): str(v) for k, v in item[1].items()})
+    raise ValueError('each provider must be a name or ["Name", {options}]')
+
+
+# A provider name, or ["Name", {options}] with the options' values as strings.
+Provider = Annotated[ProviderSpec, BeforeValidator(_provider)]
+
+
+def _warmup(value: object) -> object:
+    if value is False or value is None:
+        return ()
+    if value is True:
+        return ({},)  # one request, every input zeros
+    if not isinstance(value, list):
+        raise ValueError("must be true, false or a list of {input: {shape, data}} objects")
+    return value
+
+
+class ModelConfig(BaseModel):
+    """What ``<model>.scorehost.json`` may set. Every key is optional; unknown keys are errors.
 
     ``{"device": "cuda:1", "graph_optimization_level": "all", "gpu_mem_limit_mb": 2048,
-    "providers": ["CUDAExecutionProvider"], "compact": false, "warmup": true,
-    "max_batch_size": 0, "max_batch_time_ms": 0}``
+    "providers": ["CUDAExecutionProvider"], "compact": false, "warmup": true}``
 
     There is no per-model thread count: every session shares the process's pool
     (``ort_threads``), and onnxruntime refuses per-session pools once that exists.
     """
 
-    device: str | None = None
-    providers: tuple[ProviderSpec, ...] | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str | None = None  # None: the store's device setting
+    providers: Annotated[tuple[Provider, ...], Field(min_length=1)] | None = None  # None: from the device
     graph_optimization_level: str = "all"
-    gpu_mem_limit_mb: int | None = None
-    compact: bool | None = None  # None: the store's model_compact setting
+    gpu_mem_limit_mb: Annotated[int, Strict(), bounded_like(Settings, "gpu_mem_limit_mb")] | None = None
+    compact: StrictBool | None = None  # None: the store's model_compact setting
     # Each request maps input names to tensors; inputs left out get zeros.
-    warmup: tuple[Mapping[str, WarmupTensor], ...] = ()
-    # Reserved for request batching: validated and kept, not yet acted on.
-    max_batch_size: int = 0
-    max_batch_time_ms: float = 0.0
+    warmup: Annotated[tuple[Mapping[str, WarmupTensor], ...], BeforeValidator(_warmup)] = ()
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_device(value)
+            except ValueError:
+                raise ValueError("must be auto, cpu, cuda or cuda:N") from None
+        return value
+
+    @field_validator("graph_optimization_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value not in GRAPH_LEVELS:
+            raise ValueError(f"must be one of {', '.join(GRAPH_LEVELS)}")
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,14 +206,14 @@ def _source(name: str, version: str, paths: list[Path], root: Path) -> ModelSour
     try:
         size = path.stat().st_size
         config = read_config(path.with_name(path.stem + CONFIG_SUFFIX))
-    except (OSError, ValueError) as exc:
+    except (OSError, ConfigError) as exc:
         return ModelSource(name, version, path, error=str(exc))
     return ModelSource(name, version, path, config, size_bytes=size)
 
 
 # --- the config file -----------------------------------------------------------------
 def read_config(path: Path) -> ModelConfig:
-    """Parse ``<model>.scorehost.json``; defaults if it does not exist. ValueError names the problem."""
+    """Parse ``<model>.scorehost.json``; defaults if it does not exist. ConfigError names the problem."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -163,108 +221,18 @@ def read_config(path: Path) -> ModelConfig:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"config {path.name}: invalid JSON ({exc})") from exc
+        raise ConfigError(f"config {path.name}: invalid JSON ({exc})") from exc
     try:
         return parse_config(data)
-    except ValueError as exc:
-        raise ValueError(f"config {path.name}: {exc}") from exc
-
-
-_KEYS = {
-    "device",
-    "providers",
-    "graph_optimization_level",
-    "gpu_mem_limit_mb",
-    "compact",
-    "warmup",
-    "max_batch_size",
-    "max_batch_time_ms",
-}
+    except ConfigError as exc:
+        raise ConfigError(f"config {path.name}: {exc}") from exc
 
 
 def parse_config(data: object) -> ModelConfig:
     """Validate a decoded config object; unknown keys are errors, so typos do not pass silently."""
     if not isinstance(data, dict):
-        raise ValueError("must be a JSON object")
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; known: {sorted(_KEYS)}")
-    device = data.get("device")
-    if device is not None:
-        if not isinstance(device, str):
-            raise ValueError("device must be a string")
-        parse_device(device)
-    level = data.get("graph_optimization_level", "all")
-    if level not in GRAPH_LEVELS:
-        raise ValueError(f"graph_optimization_level must be one of {list(GRAPH_LEVELS)}")
-    gpu_mem = data.get("gpu_mem_limit_mb")
-    if gpu_mem is not None:
-        gpu_mem = _int(data, "gpu_mem_limit_mb")
-    compact = data.get("compact")
-    if compact is not None and not isinstance(compact, bool):
-        raise ValueError("compact must be true or false")
-    time_ms = data.get("max_batch_time_ms", 0)
-    if isinstance(time_ms, bool) or not isinstance(time_ms, int | float) or time_ms < 0:
-        raise ValueError("max_batch_time_ms must be a number >= 0")
-    return ModelConfig(
-        device=device,
-        providers=_providers(data.get("providers")),
-        graph_optimization_level=level,
-        gpu_mem_limit_mb=gpu_mem,
-        compact=compact,
-        warmup=_warmup(data.get("warmup", False)),
-        max_batch_size=_int(data, "max_batch_size"),
-        max_batch_time_ms=float(time_ms),
-    )
-
-
-def _int(data: dict[str, Any], key: str) -> int:
-    value = data.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{key} must be an integer >= 0")
-    return value
-
-
-def _providers(value: object) -> tuple[ProviderSpec, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        raise ValueError("providers must be a non-empty list")
-    out: list[ProviderSpec] = []
-    for item in value:
-        if isinstance(item, str):
-            out.append(item)
-        elif isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict):
-            out.append((item[0], {str(k): str(v) for k, v in item[1].items()}))
-        else:
-            raise ValueError('each provider must be a name or ["Name", {options}]')
-    return tuple(out)
-
-
-def _warmup(value: object) -> tuple[Mapping[str, WarmupTensor], ...]:
-    if value is False or value is None:
-        return ()
-    if value is True:
-        return ({},)
-    if not isinstance(value, list):
-        raise ValueError("warmup must be true, false or a list of {input: {shape, data}} objects")
-    requests: list[Mapping[str, WarmupTensor]] = []
-    for request in value:
-        if not isinstance(request, dict):
-            raise ValueError("each warmup request must be an object of input name -> {shape, data}")
-        tensors: dict[str, WarmupTensor] = {}
-        for name, spec in request.items():
-            if not isinstance(spec, dict) or set(spec) - {"shape", "data"}:
-                raise ValueError(f"warmup input {name!r} must be an object with shape and/or data")
-            shape = spec.get("shape")
-            if shape is not None and not (
-                isinstance(shape, list)
-                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            ):
-                raise ValueError(f"warmup input {name!r}: shape must be a list of integers >= 0")
-            data = spec.get("data")
-            if data is not None and not isinstance(data, list):
-                raise ValueError(f"warmup input {name!r}: data must be a list")
-            tensors[name] = WarmupTensor(None if shape is None else tuple(shape), data)
-        requests.append(tensors)
-    return tuple(requests)
+        raise ConfigError("must be a JSON object")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, ModelConfig, hints=_NOT_SUPPORTED)) from exc

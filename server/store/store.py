@@ -40,7 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import ModelNotFound, ModelNotReady, ScoreHostError
+from server import deadline
+from server import settings as settings_module
+from server.errors import ModelNotFound, ModelNotReady, ModelStoreError
 from server.settings import Settings
 from server.store.repository import DiscoveryError, ModelSource, discover
 from server.store.sessions import (
@@ -79,13 +81,6 @@ _PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress calls per second
 _MAX_REPORTED_FAILURES = 50  # keeps the readiness payload small with 1,000 broken models
 _MAX_REASON = 500
 _COMPACT_ABOVE = 100  # model_compact=auto: compact sessions when the store holds more models
-
-
-class ModelStoreError(ScoreHostError):
-    """The store cannot start: model_dir is missing, holds no model, or more than max_models."""
-
-    status_code = 500
-    code = "model_store_error"
 
 
 class ModelState(StrEnum):
@@ -348,7 +343,8 @@ class ModelStore:
         return model
 
     def _load_lazily(self, entry: _Entry) -> Model:
-        wait_s = max(1.0, self._settings.scoring_timeout_ms / 1000)
+        # Inside a call, wait no longer than its deadline allows.
+        wait_s = deadline.remaining(max(1.0, self._settings.scoring_timeout_ms / 1000))
         if not entry.lock.acquire(timeout=wait_s):
             raise ModelNotReady(f"Model {entry.source.name} version {entry.source.version} is still loading")
         try:
@@ -476,15 +472,10 @@ def get_store() -> ModelStore:
         with _store_lock:
             if _store is not None:
                 return _store
-        return open_store(_settings_from_env())
+        return open_store(settings_module.current())
 
 
 # --- small helpers -----------------------------------------------------------------------
-def _settings_from_env() -> Settings:
-    # pydantic-settings fills every field from the environment; without the pydantic
-    # mypy plugin, a bare Settings() reads as missing required arguments.
-    overrides: dict[str, Any] = {}
-    return Settings(**overrides)
 
 
 def _version_key(version: str) -> tuple[int, int, str]:

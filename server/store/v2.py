@@ -92,10 +92,11 @@ class V2Handler:
         try:
             return self._route(method, path, body, headers or {}, request_id)
         except ScoreHostError as exc:
-            return error_reply(exc.status_code, exc.message, exc.headers)
+            return Reply.from_error(exc, v2=True)
         except Exception as exc:
+            # Internal text (paths, exception details) goes to the log, not to the client.
             logger.exception("V2 %s %s failed", method, path)
-            return error_reply(500, f"internal error: {type(exc).__name__}: {exc}")
+            return Reply.from_error(exc, v2=True)
 
     # --- routing -------------------------------------------------------------------------
     def _route(self, method: str, path: str, body: bytes, headers: Mapping[str, str], request_id: str | None) -> Reply:
@@ -411,9 +412,4 @@ def _pack_strings(value: Any) -> bytes:
 
 def _allow(method: str, allowed: str) -> None:
     if method != allowed:
-        raise MethodNotAllowed(f"Method {method} not allowed; use {allowed}", headers={"Allow": allowed})
-
-
-def error_reply(status: int, message: str, headers: Mapping[str, str] | None = None) -> Reply:
-    """The V2 error body, ``{"error": message}``, which tritonclient reads."""
-    return Reply(status, orjson.dumps({"error": message}), headers=list((headers or {}).items()))
+        raise MethodNotAllowed(f"Method {method} not allowed; use {allowed}", allow=(allowed,))

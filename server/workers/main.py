@@ -12,14 +12,16 @@ environment. It talks to its parent only over the inherited Unix socket:
 3. on STOP, finish what is in flight and exit 0; when the parent goes away
    (end of stream), exit.
 
-Timeouts are not enforced here: the parent answers the client at the deadline
-and keeps the slot busy until this process really finishes the call.
+Deadlines are decided by the parent (:mod:`server.deadline`) and travel with each call:
+the parent answers the client at the deadline; here a call whose deadline (or queue
+deadline) passed before it started is skipped. Streamed replies: :mod:`.streaming`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import functools
 import logging
 import os
@@ -29,21 +31,24 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
-from server import log
-from server.entry.script import EntryScript, EntryScriptError, model_dir_tree
-from server.errors import ScoreHostError
+from server import deadline, log
+from server import settings as settings_module
+from server.entry.results import Stream
+from server.entry.script import EntryScript, model_dir_tree
+from server.errors import EntryScriptError, NotFound, Overloaded, ScoreHostError, ScoringTimeout
 from server.gctune import tune_gc
 from server.settings import Settings
 from server.workers import protocol
-from server.workers.protocol import Call, Reply
+from server.workers.protocol import Call, Kind, Ready, Reply, Target
+from server.workers.streaming import Outlet, StreamPump
 from server.workers.writer import CoalescingTransport
 
 logger = logging.getLogger("scorehost.worker")
 
-SETTINGS_ENV = "SCOREHOST_WORKER_SETTINGS"
 EXIT_INIT_FAILED = 3
 
 
@@ -55,7 +60,7 @@ class Host:
         self.channel = channel
         self.script: EntryScript | None = None
         self.v2: Any = None
-        self.info: dict[str, Any] = {}
+        self.ready = Ready(os.getpid())
         self.async_score = False
 
     def load(self) -> None:
@@ -67,7 +72,7 @@ class Host:
             info = self.script.load()
             self.script.call_init()
             self.async_score = info.is_async
-            self.info["script"] = info.to_dict()
+            self.ready.script = info
         else:
             from server.store import store as models
             from server.store import v2
@@ -75,26 +80,29 @@ class Host:
             store = models.open_store(s, progress=self._progress)
             self.v2 = v2.V2Handler(store, s)
             ready, state = store.readiness()
-            self.info["models"] = state
+            self.ready.models = state
             if not ready:
                 raise ScoreHostError(f"Too few models loaded to be ready: {state}")
 
     def _progress(self, state: dict[str, Any]) -> None:
-        self.channel.send(protocol.encode_message(protocol.STATE, {"models": state}))
+        self.channel.send(protocol.encode_message(Kind.STATE, {"models": state}))
 
-    def handle_sync(self, call: Call) -> Reply:
+    def handle_sync(self, call: Call) -> Reply | Stream:
         token = log.request_id_var.set(call.request_id)
+        deadline_token = deadline.current.set(call.deadline)
         try:
-            if call.target == protocol.TARGET_SCORE:
+            if call.target is Target.SCORE:
                 if self.script is None:
-                    return Reply.error(404, "No entry script is loaded; models are served under /v2.")
+                    return Reply.from_error(NotFound("No entry script is loaded; models are served under /v2."))
                 return self.script.call_sync(call)
             return self._v2(call)
         finally:
+            deadline.current.reset(deadline_token)
             log.request_id_var.reset(token)
 
-    async def handle_async(self, call: Call) -> Reply:
+    async def handle_async(self, call: Call) -> Reply | Stream:
         log.request_id_var.set(call.request_id)  # this task's own context
+        deadline.current.set(call.deadline)
         assert self.script is not None
         return await self.script.call_async(call)
 
@@ -102,27 +110,24 @@ class Host:
         handler = self.v2
         if handler is None:
             from server.store import store as models
-
-            store = getattr(models, "current_store", lambda: None)()
-            if store is None:
-                return Reply(404, b'{"error":"No models are served over /v2 by this entry script."}')
             from server.store import v2
 
+            store = models.current_store()
+            if store is None:
+                return Reply.from_error(NotFound("No models are served over /v2 by this entry script."), v2=True)
             handler = self.v2 = v2.V2Handler(store, self.settings)
-        meta = call.meta or {}
-        headers = {k: v for k, v in meta.get("h", [])}
         try:
             reply: Reply = handler.handle(
                 call.method,
-                meta.get("p", "/v2"),
-                meta.get("q", ""),
+                call.path or "/v2",
+                call.query,
                 call.body,
-                headers=headers,
+                headers=dict(call.headers),
                 request_id=call.request_id,
             )
-        except Exception:
+        except Exception as exc:
             logger.exception("V2 handler failed")
-            return Reply(500, b'{"error":"Internal error while serving the model."}')
+            return Reply.from_error(exc, v2=True)
         return reply
 
 
@@ -151,7 +156,16 @@ class WorkerProtocol(asyncio.Protocol):
         self.stopping = False
         self.transport: CoalescingTransport | None = None
         self.pool = ThreadPoolExecutor(slots, thread_name_prefix="run") if slots > 1 else None
-        self.timeout_s = host.settings.scoring_timeout_ms / 1000.0
+        settings = host.settings
+        self.window = settings.stream_buffer_bytes
+        self.idle_s = settings.stream_idle_timeout_ms / 1000.0
+        self.outlets: dict[int, Outlet] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        # One slot runs run() inline on this loop; while a stream from it is pumped on
+        # a thread, later calls wait here, in order, so one slot means one call.
+        self.inline_stream = False
+        self.backlog: deque[Call] = deque()
+        self._stream_thread: ThreadPoolExecutor | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # NOTE: uvloop's transports do not subclass asyncio.Transport. Replies made in
@@ -159,50 +173,147 @@ class WorkerProtocol(asyncio.Protocol):
         self.transport = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
 
     def data_received(self, data: bytes) -> None:
-        received = time.monotonic()
         for frame in self.frames.feed(data):
             kind = frame[0]
-            if kind == protocol.CALL:
-                self._start(protocol.decode_call(frame), received)
-            elif kind == protocol.STOP:
+            if kind == Kind.CALL:
+                self._start(protocol.decode_call(frame))
+            elif kind == Kind.CREDIT:
+                call_id, consumed = protocol.decode_credit(frame)
+                outlet = self.outlets.get(call_id)
+                if outlet is not None:
+                    outlet.credit(consumed)
+            elif kind == Kind.CANCEL:
+                self._cancel(protocol.decode_id(frame))
+            elif kind == Kind.STOP:
                 logger.info("Stopping: %d call(s) in flight", self.pending)
                 self.stopping = True
                 self._maybe_done()
 
-    def _start(self, call: Call, received: float) -> None:
+    def _cancel(self, call_id: int) -> None:
+        outlet = self.outlets.get(call_id)
+        if outlet is not None:
+            outlet.cancel()
+        task = self.tasks.get(call_id)
+        if task is not None:
+            task.cancel()
+
+    def _start(self, call: Call) -> None:
         self.pending += 1
-        host = self.host
-        if call.target == protocol.TARGET_SCORE and host.async_score:
-            task = self.loop.create_task(host.handle_async(call))
-            task.add_done_callback(functools.partial(self._finished, call.call_id))
+        if self.inline_stream:
+            self.backlog.append(call)
+            return
+        refusal = self._refusal(call)
+        if refusal is not None:
+            self._send(call.call_id, refusal)
+        elif call.target is Target.SCORE and self.host.async_score:
+            self._track(call.call_id, self.loop.create_task(self._run_async(call)))
         elif self.pool is None:
-            self._send(call.call_id, self._run_sync(call, received))
+            self._deliver(call.call_id, self.host.handle_sync(call), inline=True)
         else:
-            future = self.pool.submit(self._run_sync, call, received)
+            future = self.pool.submit(self._run_sync, call)
             future.add_done_callback(functools.partial(self._finished_threadsafe, call.call_id))
 
-    def _run_sync(self, call: Call, received: float) -> Reply:
-        # NOTE: calls can wait here behind others (pipelining, or a stuck call);
-        # one whose deadline passed was already answered 504 by the parent, so it
-        # is not started at all.
-        if time.monotonic() - received > self.timeout_s:
-            return Reply.error(504, "Scoring timeout before run() started", run_failed=True)
-        return self.host.handle_sync(call)
+    @staticmethod
+    def _refusal(call: Call) -> Reply | None:
+        """Calls that must not start: answered already by the HTTP process (504 or 503)."""
+        now = time.monotonic()
+        if now > call.deadline:
+            return Reply.from_error(ScoringTimeout(0, "Scoring timeout before run() started"))
+        if now > call.start_by:
+            return Reply.from_error(Overloaded("Queue wait ran out before run() started"))
+        return None
 
-    def _finished_threadsafe(self, call_id: int, future: Future[Reply]) -> None:
-        self.loop.call_soon_threadsafe(self._finished, call_id, future)
+    def _track(self, call_id: int, task: asyncio.Task[None]) -> None:
+        self.tasks[call_id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(call_id, None))
 
-    def _finished(self, call_id: int, future: asyncio.Future[Reply] | Future[Reply]) -> None:
+    async def _run_async(self, call: Call) -> None:
         try:
-            reply = future.result()
-        except BaseException:  # a bug of ours: never leave the caller waiting
-            logger.exception("Call %d failed inside the worker", call_id)
-            reply = Reply.error(500, "Internal error in the worker.")
-        self._send(call_id, reply)
+            result = await self.host.handle_async(call)
+        except BaseException as exc:  # a bug of ours, or a cancel: never leave the caller waiting
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.exception("Call %d failed inside the worker", call.call_id)
+            result = Reply.from_error(exc)
+        if isinstance(result, Stream) and result.is_async:
+            await self._pump_async(call.call_id, result)
+        else:
+            self._deliver(call.call_id, result, inline=False)
+
+    def _run_sync(self, call: Call) -> None:
+        """On a run thread: run() and, for a sync stream, the whole pump."""
+        if (refusal := self._refusal(call)) is not None:  # it may have waited behind others here
+            self._send_threadsafe(call.call_id, refusal)
+            return
+        result = self.host.handle_sync(call)
+        if isinstance(result, Stream) and not result.is_async:
+            self._pump_sync(call.call_id, result, self._write_threadsafe)
+            self.loop.call_soon_threadsafe(self._call_done)
+        elif isinstance(result, Stream):
+            self.loop.call_soon_threadsafe(functools.partial(self._deliver, call.call_id, result, inline=False))
+        else:
+            self._send_threadsafe(call.call_id, result)
+
+    def _deliver(self, call_id: int, result: Reply | Stream, *, inline: bool) -> None:
+        """On the loop: send a reply, or start pumping a stream."""
+        if isinstance(result, Reply):
+            self._send(call_id, result)
+        elif result.is_async:
+            self._track(call_id, self.loop.create_task(self._pump_async(call_id, result)))
+        else:
+            if inline:
+                self.inline_stream = True
+            if self._stream_thread is None:
+                self._stream_thread = ThreadPoolExecutor(1, thread_name_prefix="stream")
+            future = self._stream_thread.submit(self._pump_sync, call_id, result, self._write_threadsafe)
+            future.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self._stream_done, inline))
+
+    def _pump_sync(self, call_id: int, stream: Stream, send: Any) -> None:
+        outlet = self.outlets[call_id] = Outlet(self.window, self.loop)
+        try:
+            StreamPump(call_id, stream, outlet, self.idle_s, send).run_sync()
+        finally:
+            self.outlets.pop(call_id, None)
+
+    async def _pump_async(self, call_id: int, stream: Stream) -> None:
+        outlet = self.outlets[call_id] = Outlet(self.window, self.loop)
+        try:
+            await StreamPump(call_id, stream, outlet, self.idle_s, self._write).run_async()
+        except asyncio.CancelledError:
+            if self.transport is not None:
+                self.transport.write(protocol.encode_end(call_id, failed=True))
+        finally:
+            self.outlets.pop(call_id, None)
+            self._call_done()
+
+    def _stream_done(self, inline: bool) -> None:
+        self._call_done()
+        if inline:
+            self.inline_stream = False
+            while self.backlog and not self.inline_stream:
+                self.pending -= 1  # _start counts it again
+                self._start(self.backlog.popleft())
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _write_threadsafe(self, data: bytes) -> None:
+        self.loop.call_soon_threadsafe(self._write, data)
+
+    def _send_threadsafe(self, call_id: int, reply: Reply) -> None:
+        self.loop.call_soon_threadsafe(self._send, call_id, reply)
+
+    def _finished_threadsafe(self, call_id: int, future: Future[None]) -> None:
+        if future.cancelled() or future.exception() is None:
+            return
+        logger.error("Call %d failed inside the worker", call_id, exc_info=future.exception())
+        self._send_threadsafe(call_id, Reply.from_error(cast(BaseException, future.exception())))
 
     def _send(self, call_id: int, reply: Reply) -> None:
-        if self.transport is not None:
-            self.transport.write(protocol.encode_reply(call_id, reply))
+        self._write(protocol.encode_reply(call_id, reply))
+        self._call_done()
+
+    def _call_done(self) -> None:
         self.pending -= 1
         self._maybe_done()
 
@@ -212,6 +323,8 @@ class WorkerProtocol(asyncio.Protocol):
             self.done.set_result(0)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        for outlet in self.outlets.values():
+            outlet.cancel()
         if not self.done.done():
             self.done.set_result(0)
 
@@ -226,8 +339,27 @@ async def _serve(sock: socket.socket, host: Host, slots: int) -> int:
     finally:
         if proto.transport is not None:
             proto.transport.close()
-        if proto.pool is not None:
-            proto.pool.shutdown(wait=False, cancel_futures=True)
+        for executor in (proto.pool, proto._stream_thread):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when the HTTP process dies, even by ``kill -9``.
+
+    Without it a worker stuck in a C call is re-parented and burns a core forever. The
+    end-of-stream on the socket remains the portable fallback (it needs a free loop).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: rely on end of stream
+        logger.warning("PR_SET_PDEATHSIG is unavailable; workers rely on end of stream to exit")
+        return
+    if parent and os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,9 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--slots", type=int, default=1)
+    parser.add_argument("--parent", type=int, default=0)
     args = parser.parse_args(argv)
 
-    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    die_with_parent(args.parent)
+    settings = Settings.model_validate_json(os.environ.pop(protocol.SETTINGS_ENV))
+    settings_module.install(settings)  # get_store() and friends see the HTTP process's settings
     log.configure(settings.log_level, settings.log_format, stream=sys.stdout)
     # The parent coordinates shutdown: a Ctrl-C or SIGTERM sent to the whole process
     # group must not kill calls that the parent is still draining.
@@ -255,15 +390,15 @@ def main(argv: list[str] | None = None) -> int:
         detail = "".join(traceback.format_exception(cause)) if cause else ""
         logger.error("Worker %d failed to start: %s\n%s", args.index, exc.message, detail)
         logger.error("Model directory tree:\n%s", model_dir_tree(settings.model_dir))
-        channel.send(protocol.encode_message(protocol.FAILED, {"message": exc.message}))
+        channel.send(protocol.encode_message(Kind.FAILED, {"message": exc.message}))
         logging.shutdown()
         return EXIT_INIT_FAILED
     except BaseException as exc:
         logger.exception("Worker %d failed to start", args.index)
-        channel.send(protocol.encode_message(protocol.FAILED, {"message": f"{type(exc).__name__}: {exc}"}))
+        channel.send(protocol.encode_message(Kind.FAILED, {"message": f"{type(exc).__name__}: {exc}"}))
         logging.shutdown()
         return EXIT_INIT_FAILED
-    channel.send(protocol.encode_message(protocol.READY, {"pid": os.getpid(), **host.info}))
+    channel.send(protocol.encode_ready(host.ready))
     tune_gc()  # the script and its models are loaded: freeze them out of the collector's way
 
     try:
