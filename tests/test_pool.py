@@ -203,3 +203,33 @@ def test_short_calls_are_pipelined_even_while_requests_queue() -> None:
             await pool.stop(5)
 
     assert asyncio.run(main()) > 1
+
+
+def test_pipelined_calls_obey_the_queue_deadline(start_server) -> None:  # type: ignore[no-untyped-def]
+    """A call sent ahead into a busy worker's pipeline counts as queued until it starts."""
+    import os
+    import signal as sig
+
+    from test_supervision import children
+
+    server = start_server("echo.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="1", SCOREHOST_MAX_QUEUE_WAIT_MS="300",
+                          SCORING_TIMEOUT_MS="5000")  # fmt: skip
+    (worker,) = children(server.proc.pid)
+    with cf.ThreadPoolExecutor(16) as ex, httpx.Client(base_url=server.url, timeout=10) as client:
+        # Short calls make the pool pipeline: it sends calls ahead of the one slot.
+        list(ex.map(lambda _: client.post("/score", content=b"x"), range(300)))
+        os.kill(worker, sig.SIGSTOP)
+        try:
+            started = time.perf_counter()
+            futures = [ex.submit(_timed_post, server.url, {"n": i}) for i in range(12)]
+            time.sleep(1.5)
+            os.kill(worker, sig.SIGCONT)
+            results = [f.result() for f in futures]
+        finally:
+            os.kill(worker, sig.SIGCONT)
+    refused = [elapsed for r, elapsed in results if r.status_code == 503]
+    # All but the call holding the slot are refused near their 300 ms queue deadline, none
+    # waits for the stopped worker (the old pipeline kept them 1.5 s, then answered 200).
+    assert len(refused) >= 10, [(r.status_code, round(e, 2)) for r, e in results]
+    assert max(refused) < 1.0 and time.perf_counter() - started < 10
+    assert all(r.headers.get("retry-after") for r, _ in results if r.status_code == 503)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from server.errors import (
     HeaderTooLarge,
@@ -137,7 +137,8 @@ class Handlers:
             response = render_error(exc.error, v2=v2)
         except ScoreHostError as exc:
             response = self._error(request, exc, ids, v2=v2)
-        if self.log_access:
+        # A streamed reply writes its access line when it ends (see _stream_logger).
+        if self.log_access and not isinstance(response, StreamingResponse):
             self._log(request, response.status_code, started, ids[0] if ids else "-", len(response.body))
         return response
 

@@ -23,18 +23,19 @@ only an unusable ``model_dir`` raises.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from annotated_types import Ge
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, ValidationError, field_validator
 
 from server.errors import ConfigError, DiscoveryError
 from server.settings import Settings
-from server.store.sessions import GRAPH_LEVELS, ProviderSpec, parse_device
+from server.store.sessions import GRAPH_LEVELS, ProviderSpec, TensorSpec, parse_device
 from server.validation import bounded_like, describe
 
 # ConfigError and DiscoveryError live in server.errors; importing them from here still works.
@@ -236,3 +237,23 @@ def parse_config(data: object) -> ModelConfig:
         return ModelConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe(exc, ModelConfig, hints=_NOT_SUPPORTED)) from exc
+
+
+def warmup_feed(inputs: Sequence[TensorSpec], request: Mapping[str, Any]) -> dict[str, Any]:
+    """The inputs of one warm-up request: given data, else zeros (empty strings for BYTES)."""
+    feed: dict[str, Any] = {}
+    unknown = set(request) - {spec.name for spec in inputs}
+    if unknown:
+        raise ValueError(f"warm-up names unknown input(s) {sorted(unknown)}")
+    for spec in inputs:
+        tensor = request.get(spec.name)
+        shape = tensor.shape if tensor is not None and tensor.shape is not None else None
+        if shape is None:
+            shape = tuple(d if d >= 0 else 1 for d in spec.shape)
+        if tensor is not None and tensor.data is not None:
+            feed[spec.name] = np.asarray(tensor.data, dtype=spec.dtype).reshape(shape)
+        elif spec.datatype == "BYTES":
+            feed[spec.name] = np.full(shape, "", dtype=object)
+        else:
+            feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feed

@@ -3,7 +3,7 @@ threads and memory.
 
 For entry scripts::
 
-    from server.store.store import get_store
+    from server.models import get_store
 
     def init():
         global model
@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -38,13 +38,11 @@ from enum import StrEnum
 from itertools import islice
 from typing import Any
 
-import numpy as np
-
 from server import deadline
 from server import settings as settings_module
 from server.errors import ModelNotFound, ModelNotReady, ModelStoreError
 from server.settings import Settings
-from server.store.repository import DiscoveryError, ModelSource, discover
+from server.store.repository import DiscoveryError, ModelSource, discover, warmup_feed
 from server.store.sessions import (
     PLATFORM,
     Model,
@@ -337,7 +335,7 @@ class ModelStore:
         model = Model(session, metadata)
         for i, request in enumerate(cfg.warmup):
             try:
-                model.run(_warmup_feed(metadata.inputs, request))
+                model.run(warmup_feed(metadata.inputs, request))
             except Exception as exc:
                 raise RuntimeError(f"warm-up request {i} failed: {describe_error(exc)}") from exc
         return model
@@ -484,22 +482,3 @@ def _version_key(version: str) -> tuple[int, int, str]:
 
 def _failed_message(entry: _Entry) -> str:
     return f"Model {entry.source.name} version {entry.source.version} failed to load: {entry.reason}"
-
-
-def _warmup_feed(inputs: Sequence[TensorSpec], request: Mapping[str, Any]) -> dict[str, Any]:
-    feed: dict[str, Any] = {}
-    unknown = set(request) - {spec.name for spec in inputs}
-    if unknown:
-        raise ValueError(f"warm-up names unknown input(s) {sorted(unknown)}")
-    for spec in inputs:
-        tensor = request.get(spec.name)
-        shape = tensor.shape if tensor is not None and tensor.shape is not None else None
-        if shape is None:
-            shape = tuple(d if d >= 0 else 1 for d in spec.shape)
-        if tensor is not None and tensor.data is not None:
-            feed[spec.name] = np.asarray(tensor.data, dtype=spec.dtype).reshape(shape)
-        elif spec.datatype == "BYTES":
-            feed[spec.name] = np.full(shape, "", dtype=object)
-        else:
-            feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
-    return feed
