@@ -21,9 +21,7 @@ def init():
     # One intra-op thread: the server runs requests concurrently itself.
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        os.path.join(model_dir, "model.onnx"), options, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), options, providers=["CPUExecutionProvider"])
     print("model loaded from", model_dir)
 
 

@@ -1,4 +1,4 @@
-"""Turn a run's per-request record into a summary, the profile's checks and time series.
+"""Turn a run's per-request record into a summary and time series (the checks: checks.py).
 
 Status 0 means no HTTP answer came back: a connection error or a client timeout.
 Phases are assigned by the time a request was *sent*; time series by the time it
@@ -41,6 +41,10 @@ class RunData:
         if len(self.start):
             end = max(end, float(np.max(self.start + self.latency / 1000.0)))
         return end
+
+    def phase(self, label: str) -> tuple[float, float] | None:
+        """(from_s, to_s) of the phase called ``label``, or None when it never ran."""
+        return next(((t_from, t_to) for lab, t_from, t_to in self.phase_windows() if lab == label), None)
 
     def phase_windows(self) -> list[tuple[str, float, float]]:
         """(label, from_s, to_s) per phase, as the shape actually ran them."""
@@ -109,7 +113,22 @@ def block(lat: np.ndarray, status: np.ndarray, seconds: float) -> dict[str, Any]
 
 
 def in_window(run: RunData, t_from: float, t_to: float) -> np.ndarray:
+    """Requests sent in [t_from, t_to)."""
     return (run.start >= t_from) & (run.start < t_to)
+
+
+def settle_s(t_from: float, t_to: float) -> float:
+    """How much of a phase's start to leave out: its users are still starting (1 s at most)."""
+    return min(1.0, (t_to - t_from) / 4)
+
+
+def settled(run: RunData, t_from: float, t_to: float) -> np.ndarray:
+    """Requests sent in the phase [t_from, t_to) once its users have started."""
+    return in_window(run, t_from + settle_s(t_from, t_to), t_to)
+
+
+def p99(lat: np.ndarray) -> float | None:
+    return None if len(lat) == 0 else float(np.percentile(lat, 99, method="higher"))
 
 
 # --- ramp ------------------------------------------------------------------------
@@ -119,10 +138,8 @@ def ramp_steps(run: RunData) -> list[dict[str, Any]]:
     cfg = run.cfg
     out = []
     for label, t_from, t_to in run.phase_windows():
-        # Skip the first second of a step: its users are still starting.
-        settle = min(1.0, (t_to - t_from) / 4)
-        m = in_window(run, t_from + settle, t_to)
-        seconds = max(t_to - t_from - settle, 1e-9)
+        m = settled(run, t_from, t_to)
+        seconds = max(t_to - t_from - settle_s(t_from, t_to), 1e-9)
         lat, st = run.latency[m], run.status[m]
         users = next((p["users"] for p in run.meta.get("phases", []) if p["label"] == label), 0)
         b = block(lat, st, seconds)
@@ -203,253 +220,6 @@ def model_shares(run: RunData) -> dict[str, Any]:
     return out
 
 
-# --- checks ----------------------------------------------------------------------
-
-
-def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
-    return {"name": name, "ok": bool(ok), "detail": detail}
-
-
-def _ms(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.1f} ms"
-
-
-def _phase(run: RunData, label: str) -> tuple[float, float] | None:
-    for lab, t_from, t_to in run.phase_windows():
-        if lab == label:
-            return t_from, t_to
-    return None
-
-
-def _p99(lat: np.ndarray) -> float | None:
-    return None if len(lat) == 0 else float(np.percentile(lat, 99, method="higher"))
-
-
-def _allowed(base_p99: float, cfg: profiles.LoadConfig) -> float:
-    return max(base_p99 * cfg.recovery_factor, base_p99 + cfg.recovery_slack_ms)
-
-
-def checks(run: RunData, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    cfg = run.cfg
-    profile = summary["profile"]
-    overall = summary["overall"]
-    out = []
-    if summary["setup_error"]:
-        out.append(_check("setup", False, summary["setup_error"]))
-    out.append(_check("produced requests", overall["requests"] > 0, f"{overall['requests']} requests"))
-    no_answer = int((run.status == 0).sum())
-    exc = ", ".join(f"{k}: {v}" for k, v in summary["exceptions"].items()) or "none"
-    out.append(_check("no connection errors", no_answer == 0, f"{no_answer} requests without an HTTP answer ({exc})"))
-    non_ok = overall["requests"] - overall["ok"]
-    errors_text = ", ".join(f"{k}: {v}" for k, v in overall["errors_by_status"].items()) or "none"
-
-    if profile in ("steady", "payloads", "multi-model"):
-        out.append(_check("no error responses", non_ok == 0, f"non-2xx: {errors_text}"))
-
-    if profile == "payloads":
-        empty = [n for n, b in summary["by_name"].items() if b["requests"] == 0]
-        bodies = run.meta.get("bodies", [])
-        out.append(
-            _check(
-                "every body size sent",
-                not empty and len(summary["by_name"]) >= len(bodies),
-                f"{len(summary['by_name'])} bodies: " + ", ".join(f"{b['label']} ({b['bytes']} B)" for b in bodies),
-            )
-        )
-        out.append(
-            _check(
-                "answers match the batch",
-                summary["invalid_bodies"] == 0,
-                f"{summary['invalid_bodies']} answers with the wrong number of rows",
-            )
-        )
-
-    if profile == "ramp":
-        k = summary.get("knee")
-        detail = (
-            f"knee: {k['rps']:.0f} req/s at {k['users']} users, p99 {_ms(k['p99_ms'])} "
-            f"(target {cfg.p99_target_ms:.0f} ms)"
-            if k
-            else f"no step kept p99 under {cfg.p99_target_ms:.0f} ms"
-        )
-        out.append(_check("knee found", k is not None, detail))
-
-    if profile == "spike":
-        out.extend(_spike_checks(run, cfg, summary))
-    if profile == "timeout":
-        out.extend(_timeout_checks(run, cfg))
-    if profile == "multi-model":
-        out.extend(_model_checks(summary))
-    return out
-
-
-def _spike_checks(run: RunData, cfg: profiles.LoadConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    spike = _phase(run, "spike")
-    base = _phase(run, "base")
-    rec = _phase(run, "recovery")
-    n503 = int((run.status == 503).sum())
-    if spike:
-        m = in_window(run, *spike)
-        n503_spike = int((run.status[m] == 503).sum())
-        out.append(
-            _check(
-                "503s during the spike",
-                n503_spike > 0,
-                f"{n503_spike} of {int(m.sum())} requests in the spike got 503",
-            )
-        )
-    else:
-        out.append(_check("503s during the spike", False, "the spike phase never ran"))
-    out.append(
-        _check(
-            "every 503 has Retry-After",
-            summary["retry_after_missing"] == 0 and n503 > 0,
-            f"{summary['retry_after_missing']} of {n503} 503s lacked Retry-After",
-        )
-    )
-    lat503 = run.latency[run.status == 503]
-    p99_503 = _p99(lat503)
-    out.append(
-        _check(
-            "503s are fast",
-            p99_503 is not None and p99_503 <= cfg.fast_503_ms,
-            f"503 p99 {_ms(p99_503)} (limit {cfg.fast_503_ms:.0f} ms)",
-        )
-    )
-    others = {k: v for k, v in summary["overall"]["errors_by_status"].items() if k not in ("503",)}
-    out.append(
-        _check(
-            "no errors but 503",
-            not others,
-            "other non-2xx: " + (", ".join(f"{k}: {v}" for k, v in others.items()) or "none"),
-        )
-    )
-    if base and rec:
-        bm = in_window(run, base[0] + min(1.0, (base[1] - base[0]) / 4), base[1])
-        base_p99 = _p99(run.latency[bm & (is_ok(run.status))])
-        # Judge recovery on the second half of the recovery phase: the first half may
-        # still drain what the spike left behind.
-        half = rec[0] + (rec[1] - rec[0]) / 2
-        rm = in_window(run, half, rec[1])
-        rec_lat, rec_st = run.latency[rm], run.status[rm]
-        rec_p99 = _p99(rec_lat)
-        rec_err = int((~is_ok(rec_st)).sum())
-        ok = base_p99 is not None and rec_p99 is not None and rec_err == 0 and rec_p99 <= _allowed(base_p99, cfg)
-        allowed = _allowed(base_p99, cfg) if base_p99 is not None else None
-        out.append(
-            _check(
-                "recovered after the spike",
-                ok,
-                f"late recovery: {len(rec_lat)} requests, {rec_err} errors, p99 {_ms(rec_p99)} "
-                f"(base p99 {_ms(base_p99)}, allowed {_ms(allowed)})",
-            )
-        )
-    else:
-        out.append(_check("recovered after the spike", False, "base or recovery phase missing"))
-    return out
-
-
-def _timeout_checks(run: RunData, cfg: profiles.LoadConfig) -> list[dict[str, Any]]:
-    out = []
-    names = run.meta.get("names", [])
-    slow_idx = [i for i, n in enumerate(names) if n.endswith("[slow]")]
-    fast_idx = [i for i, n in enumerate(names) if n.endswith("[fast]")]
-    slow = np.isin(run.name, slow_idx)
-    fast = np.isin(run.name, fast_idx)
-    n504 = int((run.status == 504).sum())
-    out.append(_check("504s produced", n504 > 0, f"{n504} requests got 504"))
-    slow_not_504 = int((slow & (run.status != 504)).sum())
-    out.append(
-        _check(
-            "slow requests time out",
-            int(slow.sum()) > 0 and slow_not_504 == 0,
-            f"{int(slow.sum())} slow requests, {slow_not_504} did not get 504",
-        )
-    )
-    lat504 = run.latency[run.status == 504]
-    if len(lat504):
-        lo, hi = float(np.min(lat504)), _p99(lat504)
-        assert hi is not None
-        on_time = lo >= 0.8 * cfg.timeout_ms and hi <= cfg.timeout_ms + cfg.timeout_slack_ms
-        out.append(
-            _check(
-                "504s on time",
-                on_time,
-                f"504 latency min {_ms(lo)}, p99 {_ms(hi)} (timeout {cfg.timeout_ms:.0f} ms, "
-                f"+{cfg.timeout_slack_ms:.0f} ms slack)",
-            )
-        )
-    else:
-        out.append(_check("504s on time", False, "no 504s"))
-    bad = int(((run.flags & FLAG_BAD_504) > 0).sum())
-    out.append(
-        _check(
-            "504 body names the timeout",
-            bad == 0 and n504 > 0,
-            f"{bad} of {n504} 504 bodies did not mention the timeout",
-        )
-    )
-    base = _phase(run, "baseline")
-    mixed = _phase(run, "mixed")
-    if base and mixed:
-        bm = in_window(run, base[0] + min(1.0, (base[1] - base[0]) / 4), base[1]) & fast
-        mm = in_window(run, *mixed) & fast
-        base_p99 = _p99(run.latency[bm])
-        mixed_p99 = _p99(run.latency[mm])
-        errors = int((mm & ~is_ok(run.status)).sum())
-        allowed = _allowed(base_p99, cfg) if base_p99 is not None else None
-        ok = allowed is not None and mixed_p99 is not None and errors == 0 and mixed_p99 <= allowed
-        out.append(
-            _check(
-                "fast requests keep their latency",
-                ok,
-                f"fast p99 {_ms(mixed_p99)} with slow ones vs {_ms(base_p99)} without "
-                f"(allowed {_ms(allowed)}), {errors} fast errors",
-            )
-        )
-    else:
-        out.append(_check("fast requests keep their latency", False, "baseline or mixed phase missing"))
-    return out
-
-
-def _model_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    models = summary.get("models", {})
-    names = models.get("names", [])
-    for label, ph in models.get("phases", {}).items():
-        counts = np.array(ph["counts"], dtype=np.float64)
-        total = counts.sum()
-        if not names or total == 0:
-            out.append(_check(f"{label}: requests spread over models", False, "no requests"))
-            continue
-        expected = np.array(ph["expected_share"]) * total
-        if label == "zipf":
-            # The hottest model's share against Zipf's, where there is enough data to tell.
-            share, want = counts[0] / total, ph["expected_share"][0]
-            ok = total < 200 or abs(share - want) <= 0.3 * want
-            out.append(
-                _check(
-                    "zipf: skewed as asked",
-                    ok and counts[0] >= counts[-1],
-                    f"hottest model {share:.1%} of {int(total)} (Zipf {want:.1%}), coldest {counts[-1] / total:.1%}",
-                )
-            )
-        else:
-            served = int((counts > 0).sum())
-            enough = expected.min() >= 50
-            spread_ok = not enough or bool(np.all(np.abs(counts - expected) <= 0.5 * expected))
-            out.append(
-                _check(
-                    f"{label}: every model served",
-                    served == len(names) and spread_ok,
-                    f"{served} of {len(names)} models got requests; "
-                    f"min {int(counts.min())}, max {int(counts.max())}, expected {expected.mean():.0f} each",
-                )
-            )
-    return out
-
-
 # --- time series ---------------------------------------------------------------------
 
 CLASSES = ("2xx", "503", "504", "other error", "no answer")
@@ -494,55 +264,3 @@ def series(run: RunData, bucket_s: float = 1.0) -> dict[str, Any]:
         pct["p99"].append(float(p[2]))
         pct["max"].append(float(np.max(chunk)))
     return {"t": [(b + 0.5) * bucket_s for b in range(nb)], "counts": counts, **pct}
-
-
-# --- text --------------------------------------------------------------------------------
-
-
-def _row(label: str, b: dict[str, Any]) -> str:
-    errs = ", ".join(f"{k}: {v}" for k, v in b["errors_by_status"].items()) or "0"
-    rps = "" if b["rps"] is None else f"{b['rps']:,.0f}"
-    return (
-        f"| {label} | {b['requests']:,} | {rps} | {_ms(b['p50_ms'])} | {_ms(b['p90_ms'])} | "
-        f"{_ms(b['p99_ms'])} | {_ms(b['max_ms'])} | {errs} |"
-    )
-
-
-def markdown(summary: dict[str, Any], check_list: list[dict[str, Any]], files: list[str]) -> str:
-    head = "| | requests | req/s | p50 | p90 | p99 | max | errors by status |\n|---|---:|---:|---:|---:|---:|---:|---|"
-    lines = [f"# Load test: {summary['profile']} against {summary['host']}", ""]
-    ok = all(c["ok"] for c in check_list)
-    lines += [f"**Checks: {'all passed' if ok else 'FAILED'}**", ""]
-    lines += [f"- {'PASS' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}" for c in check_list]
-    lines += ["", "## Overall", "", head, _row("all", summary["overall"])]
-    if len(summary["by_name"]) > 1:
-        lines += ["", "## By request", "", head]
-        lines += [_row(n, b) for n, b in summary["by_name"].items()]
-    if summary["by_phase"]:
-        lines += ["", "## By phase (requests sent in the phase)", "", head]
-        lines += [_row(f"{p['label']} ({p['from_s']:.0f}-{p['to_s']:.0f} s)", p) for p in summary["by_phase"]]
-    if summary.get("ramp_steps"):
-        lines += [
-            "",
-            "## Ramp steps (first second of each step left out)",
-            "",
-            "| step | users | offered req/s | req/s | p50 | p99 | errors | under target |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for s in summary["ramp_steps"]:
-            offered = "" if s["offered_rps"] is None else f"{s['offered_rps']:,.0f}"
-            lines.append(
-                f"| {s['label']} | {s['users']} | {offered} | {s['rps'] or 0:,.0f} | {_ms(s['p50_ms'])} | "
-                f"{_ms(s['p99_ms'])} | {s['requests'] - s['ok']} | {'yes' if s['under_target'] else 'no'} |"
-            )
-    if summary["exceptions"]:
-        lines += [
-            "",
-            "Client-side errors (no HTTP answer): " + ", ".join(f"{k}: {v}" for k, v in summary["exceptions"].items()),
-        ]
-    if summary["notes"]:
-        lines += ["", "Notes: " + "; ".join(summary["notes"])]
-    if files:
-        lines += ["", "## Files", ""] + [f"- {f}" for f in files]
-    lines.append("")
-    return "\n".join(lines)

@@ -4,28 +4,31 @@ admission path costs per request.
 
     .venv/bin/python loadtests/bench_bounds.py [--timeout-ms 1000] [--repeat 5] [--probes 1000]
 
-Starts real servers (``python -m server serve`` on 127.0.0.1, a free port) with
-``tests/scripts/sleeper.py`` and prints a Markdown table. Every loop is bounded.
+Starts real servers (``scorehost serve`` on 127.0.0.1, a free port, as every load test
+starts one: ``servers.start``) with ``tests/scripts/sleeper.py`` and prints a Markdown
+table; the last server's log is left in $TMPDIR/bench-bounds/. Every loop is bounded.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-SLEEPER = ROOT / "tests" / "scripts" / "sleeper.py"
+if __package__ in (None, ""):  # run as a file: python loadtests/bench_bounds.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtests import REPO, servers
+
+SLEEPER = REPO / "tests" / "scripts" / "sleeper.py"  # the tests' sleeper: it also spins and holds the GIL
+LOGS = Path(tempfile.gettempdir()) / "bench-bounds"
 STALLERS = {
     "time.sleep": {"sleep_ms": 2000, "mode": "sleep"},
     "pure-Python loop": {"sleep_ms": 2000, "mode": "spin"},
@@ -34,50 +37,29 @@ STALLERS = {
 }
 
 
-def start(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("SCOREHOST_", "AZUREML_"))}
-    full.update({"SCOREHOST_PORT": "0", "AZUREML_ENTRY_SCRIPT": str(SLEEPER), "SCOREHOST_ACCESS_LOG": "false",
-                 "SCOREHOST_SHUTDOWN_DELAY_S": "0"})
-    full.update(env)
-    proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=full, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    url = ""
-    while time.monotonic() < deadline and not url:
-        line = proc.stdout.readline()
-        m = re.search(r"Listening on (http://\S+)", line)
-        if m:
-            url = m.group(1)
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    with httpx.Client(base_url=url, timeout=2) as c:
-        while time.monotonic() < deadline:
-            try:
-                if c.get("/health/ready").status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("server did not become ready")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
+def start(env: dict[str, str]) -> servers.Server:
+    """scorehost serving the sleeper with ``env`` added, ready; its log goes to LOGS."""
+    env = {"SCOREHOST_ACCESS_LOG": "false", "SCOREHOST_SHUTDOWN_DELAY_S": "0", **env}
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        return servers.start("scorehost", entry_script=SLEEPER, model_dir=None, log_path=LOGS / "server.log", env=env)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def timeouts(timeout_ms: int, repeat: int) -> list[str]:
     rows = []
     for name, payload in STALLERS.items():
-        proc, url = start({"SCORING_TIMEOUT_MS": str(timeout_ms), "SCOREHOST_MAX_CONCURRENT_REQUESTS": "1",
-                           "SCOREHOST_WEDGED_AFTER_MS": "300000", "SCOREHOST_MAX_QUEUE_WAIT_MS": "20000"})
+        server = start(
+            {
+                "SCORING_TIMEOUT_MS": str(timeout_ms),
+                "SCOREHOST_MAX_CONCURRENT_REQUESTS": "1",
+                "SCOREHOST_WEDGED_AFTER_MS": "300000",
+                "SCOREHOST_MAX_QUEUE_WAIT_MS": "20000",
+            }
+        )
         try:
-            lateness = []
-            with httpx.Client(base_url=url, timeout=30) as c:
+            lateness: list[float] = []
+            with httpx.Client(base_url=server.url, timeout=30) as c:
                 for _ in range(repeat):
                     _wait_idle(c)  # each measured call starts with its slot free
                     t = time.perf_counter()
@@ -86,9 +68,8 @@ def timeouts(timeout_ms: int, repeat: int) -> list[str]:
                     assert r.status_code == 504, (r.text, elapsed, len(lateness))
                     lateness.append(elapsed - timeout_ms)
         finally:
-            stop(proc)
-        rows.append(f"| {name} | {timeout_ms} | {statistics.median(lateness):+.1f} | {max(lateness):+.1f} | "
-                    f"{repeat} |")
+            servers.stop(server)
+        rows.append(f"| {name} | {timeout_ms} | {statistics.median(lateness):+.1f} | {max(lateness):+.1f} | {repeat} |")
     return rows
 
 
@@ -112,30 +93,38 @@ async def _probe_latencies(url: str, n: int) -> list[float]:
     return out
 
 
+# Two slots, and a queue long enough that the busy scenario's calls wait instead of being refused.
+PROBE_ENV = {
+    "SCOREHOST_MAX_CONCURRENT_REQUESTS": "2",
+    "SCORING_TIMEOUT_MS": "60000",
+    "SCOREHOST_MAX_QUEUE_LENGTH": "64",
+    "SCOREHOST_MAX_QUEUE_WAIT_MS": "60000",
+    # The busy scenarios leave 20 s calls behind: do not wait for them on the way out.
+    "SCOREHOST_GRACEFUL_TIMEOUT_S": "1",
+}
+
+
 def probes(n: int) -> list[str]:
     rows = []
-    proc, url = start({"SCOREHOST_MAX_CONCURRENT_REQUESTS": "2", "SCORING_TIMEOUT_MS": "60000",
-                       "SCOREHOST_MAX_QUEUE_LENGTH": "64", "SCOREHOST_MAX_QUEUE_WAIT_MS": "60000"})
-    try:
-        for label, payloads in (
-            ("idle", []),
-            ("every slot busy + 30 queued", [{"sleep_ms": 20000}] * 32),
-            ("one slot hung in a GIL-holding C call, one busy", [{"sleep_ms": 20000, "mode": "gil"},
-                                                                 {"sleep_ms": 20000}]),
-        ):
-            threads = [threading.Thread(target=_fire, args=(url, p), daemon=True) for p in payloads]
+    scenarios: list[tuple[str, list[dict[str, object]]]] = [
+        ("idle", []),
+        ("every slot busy + 30 queued", [{"sleep_ms": 20000}] * 32),
+        ("one slot hung in a GIL-holding C call, one busy", [{"sleep_ms": 20000, "mode": "gil"}, {"sleep_ms": 20000}]),
+    ]
+    for label, payloads in scenarios:
+        # A fresh server each time, so no scenario inherits the calls the last one left hanging.
+        server = start(PROBE_ENV)
+        try:
+            threads = [threading.Thread(target=_fire, args=(server.url, p), daemon=True) for p in payloads]
             for t in threads:
                 t.start()
             time.sleep(0.5)
-            lat = sorted(asyncio.run(_probe_latencies(url, n)))
-            rows.append(f"| {label} | {statistics.median(lat):.2f} | {lat[int(len(lat) * 0.99) - 1]:.2f} | "
-                        f"{lat[-1]:.2f} | {n} |")
-            if payloads:  # let the server drop these before the next scenario
-                stop(proc)
-                proc, url = start({"SCOREHOST_MAX_CONCURRENT_REQUESTS": "2", "SCOREHOST_MAX_QUEUE_LENGTH": "64",
-                                   "SCOREHOST_MAX_QUEUE_WAIT_MS": "60000"})
-    finally:
-        stop(proc)
+            lat = sorted(asyncio.run(_probe_latencies(server.url, n)))
+        finally:
+            servers.stop(server)
+        rows.append(
+            f"| {label} | {statistics.median(lat):.2f} | {lat[int(len(lat) * 0.99) - 1]:.2f} | {lat[-1]:.2f} | {n} |"
+        )
     return rows
 
 
@@ -149,8 +138,8 @@ def _fire(url: str, payload: dict[str, object]) -> None:
 
 def admission_cost(n: int = 200_000) -> str:
     """CPU cost of taking and giving back a slot, in-process (no HTTP, no workers)."""
-    from server.pool import State, WorkerPool
     from server.settings import Settings
+    from server.workers.pool import State, WorkerPool
 
     pool = WorkerPool(Settings(max_concurrent_requests=8, workers=1, entry_script="x"))
     worker = pool.workers[0]

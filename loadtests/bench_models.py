@@ -12,8 +12,9 @@ in-process  a fresh child process imports the store, opens it and measures, from
             loading (and after one call to every model), then p50/p99 latency of one hot
             model against models picked at random, through ``Model.run`` and through
             ``V2Handler.handle`` (JSON infer), in alternating blocks.
---server    ``scorehost serve --model_dir DIR --port 0`` (no entry script: V2 serving):
-            time from spawn to ``GET /v2/health/ready`` 200, RSS and threads of the
+--server    ``scorehost serve --model_dir DIR`` (no entry script: V2 serving), started as
+            every load test starts it (``servers.start``): time from spawn to
+            ``GET /health/ready`` 200 (polled every 20 ms), RSS and threads of the
             process tree, and p50/p99 of ``POST /v2/models/{name}/infer`` over one
             keep-alive connection, hot against random.
 
@@ -29,17 +30,25 @@ import http.client
 import json
 import os
 import random
-import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-REPO = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"Listening on http://([\w.\-\[\]:]+):(\d+)")
+if __package__ in (None, ""):  # run as a file: python loadtests/bench_models.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtests import REPO, cpu, servers
+from loadtests import models as model_gen
+
+# One FP32 row of the 16 features every benchmark model takes.
+V2_BODY = json.dumps(
+    {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}, separators=(",", ":")
+).encode()
 
 
 # --- /proc helpers --------------------------------------------------------------------------
@@ -54,26 +63,6 @@ def proc_status(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
-def tree_pids(root: int) -> list[int]:
-    """root and all its descendants (from /proc/*/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     n = len(ordered)
@@ -84,19 +73,43 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
+def timed(fn: Callable[[str], object]) -> Callable[[str], float]:
+    def call(name: str) -> float:
+        t = time.perf_counter()
+        fn(name)
+        return time.perf_counter() - t
+
+    return call
+
+
+def hot_vs_random(
+    call: Callable[[str], float], names: list[str], requests: int, deadline: float | None = None
+) -> dict[str, Any]:
+    """Latency of one hot model against models picked at random, after 200 warm-up calls.
+
+    Blocks of 500 calls alternate between the two, every other block in reverse order,
+    so drift over the run (caches, other tenants) falls on both alike.
+    """
+    rng = random.Random(1)
+    hot = names[len(names) // 2]
+    for _ in range(200):
+        call(hot)
+    hot_s: list[float] = []
+    rand_s: list[float] = []
+    for block in range(requests // 500):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        for picks, out in (([hot] * 500, hot_s), ([rng.choice(names) for _ in range(500)], rand_s)):
+            for name in picks if block % 2 == 0 else picks[::-1]:
+                out.append(call(name))
+    return {"hot": percentiles(hot_s), "random": percentiles(rand_s)}
+
+
 # --- model generation -----------------------------------------------------------------------
 def make_models(root: Path, count: int, hidden: int) -> tuple[list[str], int]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from onnx_models import make_mlp
-
-    names = [f"m{i:04d}" for i in range(count)]
-    total = 0
-    for i, name in enumerate(names):
-        path = root / name / "1" / "model.onnx"
-        if not path.exists():
-            make_mlp(path, n_hidden=hidden, seed=i)
-        total += path.stat().st_size
-    return names, total
+    """The model folder (16 -> ``hidden`` -> 2 MLPs, one seed each) and its size in bytes."""
+    names = model_gen.make_model_repo(root, count, prefix="m", n_hidden=hidden)
+    return names, sum((root / name / "1" / "model.onnx").stat().st_size for name in names)
 
 
 # --- in-process child -----------------------------------------------------------------------------
@@ -104,11 +117,10 @@ def child(args: argparse.Namespace) -> None:
     """Runs in a fresh process: open the store, measure, print one JSON line."""
     started = float(os.environ["BENCH_SPAWNED_AT"])
     import numpy as np
-    import orjson
 
     from server.models import open_store
     from server.settings import Settings
-    from server.v2 import V2Handler
+    from server.store.v2 import V2Handler
 
     before = proc_status()
     overrides: dict[str, Any] = {"model_dir": args.dir, "lazy_models": args.lazy}
@@ -128,30 +140,17 @@ def child(args: argparse.Namespace) -> None:
         store.get(name).run({"x": x})
     after_run = proc_status()
 
-    body = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]})
-    rng = random.Random(1)
-    hot = names[len(names) // 2]
-
     def run_call(name: str) -> None:
         store.get(name).run({"x": x})
 
     def v2_call(name: str) -> None:
-        reply = handler.handle("POST", f"/v2/models/{name}/infer", "", body)
+        reply = handler.handle("POST", f"/v2/models/{name}/infer", "", V2_BODY)
         assert reply.status == 200, reply.body
 
-    latency: dict[str, Any] = {}
-    for label, fn in (("model.run", run_call), ("v2.handle", v2_call)):
-        hot_s: list[float] = []
-        rand_s: list[float] = []
-        for _ in range(200):
-            fn(hot)
-        for block in range(args.requests // 500):
-            for picks, out in (([hot] * 500, hot_s), ([rng.choice(names) for _ in range(500)], rand_s)):
-                for name in picks if block % 2 == 0 else picks[::-1]:
-                    t = time.perf_counter()
-                    fn(name)
-                    out.append(time.perf_counter() - t)
-        latency[label] = {"hot": percentiles(hot_s), "random": percentiles(rand_s)}
+    latency = {
+        label: hot_vs_random(timed(fn), names, args.requests)
+        for label, fn in (("model.run", run_call), ("v2.handle", v2_call))
+    }
     print(
         json.dumps(
             {
@@ -194,103 +193,63 @@ def run_inprocess(args: argparse.Namespace, model_bytes: int) -> dict[str, Any]:
 
 # --- server mode ------------------------------------------------------------------------------------
 def run_server(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
-    exe = Path(sys.executable).parent / "scorehost"
-    if not exe.exists():
-        exe = REPO / ".venv" / "bin" / "scorehost"
-    env = {**os.environ}
+    env = {}
     if args.ort_threads is not None:
         env["SCOREHOST_ORT_THREADS"] = str(args.ort_threads)
     if args.lazy:
         env["SCOREHOST_LAZY_MODELS"] = "true"
-    cmd = [str(exe), "serve", "--model_dir", args.dir, "--port", "0"]
-    log_path = Path(tempfile.mkstemp(prefix="bench-models-", suffix=".log")[1])
     deadline = time.monotonic() + args.timeout
-    spawned = time.time()
-    with open(log_path, "w+b") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
+        spawned = time.time()
         try:
-            host, port = _wait_listening(proc, log_path, deadline)
-            conn = http.client.HTTPConnection(host, port, timeout=10)
-            ready_s = _wait_ready(conn, proc, deadline) - spawned
-            pids = tree_pids(proc.pid)
-            status = [proc_status(p) for p in pids]
-            body = json.dumps(
-                {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}
-            ).encode()
-            rng = random.Random(1)
-            hot = names[len(names) // 2]
-            hot_s: list[float] = []
-            rand_s: list[float] = []
-
-            def post(name: str) -> float:
-                t = time.perf_counter()
-                conn.request("POST", f"/v2/models/{name}/infer", body, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                response.read()
-                elapsed = time.perf_counter() - t
-                if response.status != 200:
-                    raise SystemExit(f"infer {name}: HTTP {response.status}")
-                return elapsed
-
-            for name in names:  # one call each, as in-process
-                post(name)
-            for _ in range(200):
-                post(hot)
-            for block in range(args.requests // 500):
-                if time.monotonic() > deadline:
-                    break
-                for picks, out in (([hot] * 500, hot_s), ([rng.choice(names) for _ in range(500)], rand_s)):
-                    for name in picks if block % 2 == 0 else picks[::-1]:
-                        out.append(post(name))
-            conn.close()
-            log_path.unlink()  # kept only when the run fails, for the error message
-            return {
-                "spawn_to_ready_s": round(ready_s, 3),
-                "processes": len(pids),
-                "rss_tree_mb": round(sum(s["VmRSS"] for s in status) / 1024, 1),
-                "threads_tree": sum(s["Threads"] for s in status),
-                "threads_per_process": [s["Threads"] for s in status],
-                "latency": {"http": {"hot": percentiles(hot_s), "random": percentiles(rand_s)}},
-            }
+            server = servers.start(
+                "scorehost",
+                entry_script=None,  # no entry script: V2 serving of the model folder
+                model_dir=Path(args.dir),
+                log_path=Path(tmp) / "server.log",
+                env=env,
+                timeout_s=args.timeout,
+            )
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from exc
+        ready_s = time.time() - spawned
+        try:
+            return _measure_server(server, names, args.requests, ready_s, deadline)
         finally:
-            _stop(proc)
+            servers.stop(server)
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], log_path: Path, deadline: float) -> tuple[str, int]:
-    while time.monotonic() < deadline:
-        match = LISTENING.search(log_path.read_text(errors="replace"))
-        if match:
-            return match.group(1), int(match.group(2))
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.01)
-    raise SystemExit(f"no 'Listening on' line before the deadline:\n{log_path.read_text()[-4000:]}")
+def _measure_server(
+    server: servers.Server, names: list[str], requests: int, ready_s: float, deadline: float
+) -> dict[str, Any]:
+    """RSS and threads of the process tree, then hot against random latency over one keep-alive connection."""
+    pids = cpu.tree_pids(server.pid)
+    status = [proc_status(p) for p in pids]
+    url = urlsplit(server.url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
 
+    def post(name: str) -> float:
+        t = time.perf_counter()
+        conn.request("POST", f"/v2/models/{name}/infer", V2_BODY, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        elapsed = time.perf_counter() - t
+        if response.status != 200:
+            raise SystemExit(f"infer {name}: HTTP {response.status}")
+        return elapsed
 
-def _wait_ready(conn: http.client.HTTPConnection, proc: subprocess.Popen[bytes], deadline: float) -> float:
-    while time.monotonic() < deadline:
-        try:
-            conn.request("GET", "/v2/health/ready")
-            response = conn.getresponse()
-            response.read()
-            if response.status == 200:
-                return time.time()
-        except (OSError, http.client.HTTPException):
-            conn.close()
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        time.sleep(0.02)
-    raise SystemExit("server not ready before the deadline")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    for name in names:  # one call each, as in-process
+        post(name)
+    latency = hot_vs_random(post, names, requests, deadline)
+    conn.close()
+    return {
+        "spawn_to_ready_s": round(ready_s, 3),
+        "processes": len(pids),
+        "rss_tree_mb": round(sum(s["VmRSS"] for s in status) / 1024, 1),
+        "threads_tree": sum(s["Threads"] for s in status),
+        "threads_per_process": [s["Threads"] for s in status],
+        "latency": {"http": latency},
+    }
 
 
 # --- main -----------------------------------------------------------------------------------------------

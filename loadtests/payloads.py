@@ -100,30 +100,42 @@ def fetch_metadata(host: str, model: str, headers: dict[str, str], timeout_s: fl
     return meta
 
 
-def batch_of(body: bytes) -> int | None:
-    """Rows in an Azure-style or V2 body; None when the format is not known."""
+def _json(body: bytes) -> Any:
     try:
-        doc = json.loads(body)
+        return json.loads(body)
     except ValueError:
         return None
-    if isinstance(doc, dict):
-        data = doc.get("data")
-        if isinstance(data, list) and data and isinstance(data[0], list):
-            return len(data)
-        inputs = doc.get("inputs")
-        if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
-            shape = inputs[0].get("shape") or []
-            if shape and isinstance(shape[0], int):
-                return shape[0]
+
+
+def _tensor_rows(tensors: Any) -> int | None:
+    """``shape[0]`` of the first tensor of a V2 ``inputs``/``outputs`` list; None when it is not one."""
+    if isinstance(tensors, list) and tensors and isinstance(tensors[0], dict):
+        shape = tensors[0].get("shape") or []
+        if shape and isinstance(shape[0], int):
+            return int(shape[0])
     return None
+
+
+def batch_of(body: bytes) -> int | None:
+    """Rows in an Azure-style or V2 body; None when the format is not known."""
+    doc = _json(body)
+    if not isinstance(doc, dict):
+        return None
+    data = doc.get("data")
+    if isinstance(data, list) and data and isinstance(data[0], list):
+        return len(data)
+    return _tensor_rows(doc.get("inputs"))
 
 
 def response_batch(body: bytes) -> int | None:
     """Rows in a response: ``{"predictions": [...]}`` (or a bare list) or V2 ``outputs[0].shape[0]``."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
+    doc = _json(body)
+    if isinstance(doc, list):
+        return len(doc)
+    if not isinstance(doc, dict):
         return None
+    preds = doc.get("predictions")
+    return len(preds) if isinstance(preds, list) else _tensor_rows(doc.get("outputs"))
     if isinstance(doc, list):
         return len(doc)
     if isinstance(doc, dict):

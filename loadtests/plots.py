@@ -30,6 +30,13 @@ CLASS_COLORS = {
 PHASE_COLORS = ("#e3f2fd", "#fff3e0", "#e8f5e9", "#f3e5f5", "#fffde7", "#eceff1")
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)  # figures live until closed; a long session of runs would pile them up
+    return path
+
+
 def _shade(ax: Any, phases: list[tuple[str, float, float]], label: bool) -> None:
     many = len(phases) > 6
     for i, (name, t0, t1) in enumerate(phases):
@@ -115,10 +122,7 @@ def plot_timeline(run: RunData, ser: dict[str, Any], summary: dict[str, Any], pa
     ax_users.set_ylabel("users")
     ax_users.set_xlabel("seconds since start")
     ax_users.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_ramp(summary: dict[str, Any], path: Path) -> Path | None:
@@ -144,16 +148,15 @@ def plot_ramp(summary: dict[str, Any], path: Path) -> Path | None:
     k = summary.get("knee")
     if k:
         ax.axvline(k["rps"], color="#2e7d32", ls="--", lw=1, label=f"knee {k['rps']:,.0f} req/s")
-    ax.set_yscale("log")
-    ax.set_xlabel("achieved req/s per step")
-    ax.set_ylabel("p99 latency (ms, log)")
-    ax.set_title("ramp: p99 against rate (green: under target)")
+    ax.set(
+        yscale="log",
+        xlabel="achieved req/s per step",
+        ylabel="p99 latency (ms, log)",
+        title="ramp: p99 against rate (green: under target)",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_models(summary: dict[str, Any], path: Path) -> Path | None:
@@ -168,12 +171,11 @@ def plot_models(summary: dict[str, Any], path: Path) -> Path | None:
         ranks = np.arange(1, len(counts) + 1)
         ax.bar(ranks, counts / total, color="#1565c0", alpha=0.8, label="observed")
         ax.plot(ranks, ph["expected_share"], "o-", color="#ef6c00", ms=3, label="expected")
-        ax.set_title(f"{label}: {int(counts.sum()):,} requests over {len(counts)} models")
-        ax.set_xlabel("model (hottest first)")
-        ax.set_ylabel("share of requests")
+        ax.set(
+            title=f"{label}: {int(counts.sum()):,} requests over {len(counts)} models",
+            xlabel="model (hottest first)",
+            ylabel="share of requests",
+        )
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

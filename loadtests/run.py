@@ -22,11 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,20 +30,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: python loadtests/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests import analysis, plots, procs, profiles
+from loadtests import RESULTS, analysis, checks, generators, plots, profiles, servers, tables
 from loadtests import models as model_gen
 from loadtests import payloads as pl
 
 log = logging.getLogger("loadtests")
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
-LOCUSTFILE = HERE / "locustfile.py"
-EXAMPLE_SCRIPT = REPO / "examples" / "score.py"
-EXAMPLE_MODEL_DIR = REPO / "examples" / "model"
-ECHO_SCRIPT = HERE / "scripts" / "echo.py"
-SLEEPER_SCRIPT = HERE / "scripts" / "sleeper.py"
 
 # Server settings each profile needs when the runner starts the server itself.
 PROFILE_SERVER_ENV: dict[str, dict[str, str]] = {
@@ -56,8 +43,6 @@ PROFILE_SERVER_ENV: dict[str, dict[str, str]] = {
     # Enough slots that sleeping slow calls cannot starve the fast ones.
     "timeout": {"SCOREHOST_MAX_CONCURRENT_REQUESTS": "64"},
 }
-# Grace on top of the planned run time before the runner gives up on Locust.
-LOCUST_GRACE_S = 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,21 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _env_pairs(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--server-env wants KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
-
-
 def _example_or_echo() -> tuple[Path, Path | None]:
-    if EXAMPLE_SCRIPT.exists():
-        return EXAMPLE_SCRIPT, EXAMPLE_MODEL_DIR if EXAMPLE_MODEL_DIR.exists() else None
+    if servers.EXAMPLE_SCRIPT.exists():
+        return servers.EXAMPLE_SCRIPT, servers.EXAMPLE_MODEL_DIR if servers.EXAMPLE_MODEL_DIR.exists() else None
     log.warning("examples/score.py not found; serving the echo script instead")
-    return ECHO_SCRIPT, None
+    return servers.ECHO_SCRIPT, None
 
 
 def plan_local_server(
@@ -146,7 +121,7 @@ def plan_local_server(
             given["models"] = ",".join(names)
         script = args.entry_script
     elif args.profile == "timeout":
-        script = args.entry_script or SLEEPER_SCRIPT
+        script = args.entry_script or servers.SLEEPER_SCRIPT
         model_dir = args.model_dir
         cfg = profiles.LoadConfig.build(given)
         env["SCORING_TIMEOUT_MS"] = str(int(cfg.timeout_ms))
@@ -154,46 +129,25 @@ def plan_local_server(
         default_script, default_dir = _example_or_echo()
         script = args.entry_script or default_script
         model_dir = args.model_dir or (default_dir if args.entry_script is None else None)
-    env.update(_env_pairs(args.server_env))
+    env.update(servers.env_pairs(args.server_env, "--server-env"))
     return script, model_dir, env
 
 
 def locust_command(
     cfg_given: dict[str, Any], cfg: profiles.LoadConfig, host: str, out: Path, args: argparse.Namespace
 ) -> list[str]:
-    run_s = max(math.ceil(profiles.total_seconds(cfg)), 1)
-    cmd = [
-        *procs.taskset_prefix(args.locust_cpus),
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--host",
-        host,
-        "-u",
-        str(cfg.users),
-        "-t",
-        f"{run_s}s",
-        "--csv",
-        str(out / "locust"),
-        "--csv-full-history",
-        "--html",
-        str(out / "locust_report.html"),
-        "--only-summary",
-        "--exit-code-on-error",
-        "0",
-        "--stop-timeout",
-        "0",
+    """Locust for the whole profile, with its reports and every parameter that was given."""
+    extra = [
+        *("--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "locust_report.html")),
+        *("--lt-profile", cfg.profile, "--lt-out", str(out / "requests"), "--lt-progress", "true"),
     ]
     for spec in profiles.param_specs():
         if spec.locust_common or spec.name in ("profile", "out", "progress"):
             continue
         value = cfg_given.get(spec.name)
         if value is not None:
-            cmd += [spec.locust_flag, str(value)]
-    cmd += ["--lt-profile", cfg.profile, "--lt-out", str(out / "requests"), "--lt-progress", "true"]
+            extra += [spec.locust_flag, str(value)]
+    cmd = generators.locust_command(host, cfg.users, profiles.total_seconds(cfg), args.locust_cpus, *extra)
     return cmd + list(args.locust_arg)
 
 
@@ -206,46 +160,10 @@ def _redact(cmd: list[str]) -> str:
     return " ".join(out)
 
 
-def run_locust(cmd: list[str], log_path: Path, timeout_s: float, quiet: bool) -> int:
-    """Run Locust, keep its whole output in a log and echo the progress lines."""
-    tty = sys.stdout.isatty()
-    with open(log_path, "w", encoding="utf-8") as logf:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=str(REPO),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        # Reading lines blocks, so a timer enforces the deadline.
-        timer = threading.Timer(timeout_s, proc.kill)
-        timer.start()
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                logf.write(line)
-                if line.startswith("[progress]") and not quiet:
-                    text = line[len("[progress]") :].rstrip()
-                    if tty:
-                        sys.stdout.write("\r\x1b[2K" + text)
-                    else:
-                        sys.stdout.write(text + "\n")
-                    sys.stdout.flush()
-                elif ("ERROR" in line or "Traceback" in line) and not quiet:
-                    sys.stderr.write(line)
-            rc = proc.wait()
-        finally:
-            timer.cancel()
-    if tty and not quiet:
-        sys.stdout.write("\n")
-    return rc
-
-
 def analyse(out: Path, no_plots: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     run = analysis.load_run(out / "requests")
     summary = analysis.summarize(run)
-    check_list = analysis.checks(run, summary)
+    check_list = checks.evaluate(run, summary)
     files = [
         "summary.md",
         "summary.json",
@@ -266,7 +184,7 @@ def analyse(out: Path, no_plots: bool) -> tuple[dict[str, Any], list[dict[str, A
     if (out / "server.log").exists():
         files.append("server.log")
     (out / "summary.json").write_text(json.dumps({**summary, "checks": check_list}, indent=1))
-    (out / "summary.md").write_text(analysis.markdown(summary, check_list, files))
+    (out / "summary.md").write_text(tables.run_markdown(summary, check_list, files))
     return summary, check_list
 
 
@@ -274,9 +192,7 @@ def print_summary(summary: dict[str, Any], check_list: list[dict[str, Any]], out
     o = summary["overall"]
     errs = ", ".join(f"{k}: {v}" for k, v in o["errors_by_status"].items()) or "none"
 
-    def ms(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:.2f}"
-
+    ms = tables.num
     print(
         f"\n{summary['profile']} against {summary['host']}: {o['requests']:,} requests "
         f"in {o['seconds']:.1f} s = {o['rps'] or 0:,.0f} req/s"
@@ -303,25 +219,24 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.profile}"
     out.mkdir(parents=True, exist_ok=True)
 
-    server: procs.Server | None = None
+    server: servers.Server | None = None
     commands: dict[str, str] = {}
     try:
         if args.host:
             host = args.host.rstrip("/")
         else:
             script, model_dir, env = plan_local_server(args, given)
-            port = procs.free_port()
-            cmd = procs.scorehost_cmd(entry_script=script, model_dir=model_dir, port=port, workers=args.workers)
-            commands["server"] = " ".join(f"{k}={v}" for k, v in env.items()) + " " + " ".join(cmd)
-            server = procs.start_server(
+            server = servers.start(
                 "scorehost",
-                cmd,
-                port=port,
+                entry_script=script,
+                model_dir=model_dir,
                 log_path=out / "server.log",
                 env=env,
                 cpus=args.server_cpus,
+                workers=args.workers,
                 timeout_s=args.start_timeout,
             )
+            commands["server"] = server.command_line()
             host = server.url
         if given.get("payload") is None and given.get("model") is None and args.profile in ("steady", "ramp", "spike"):
             given["payload"] = str(pl.b1_file())
@@ -331,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "commands.txt").write_text("\n".join(f"{k}: {v}" for k, v in commands.items()) + "\n")
         planned = profiles.total_seconds(cfg)
         print(f"running {cfg.profile} against {host} for about {planned:.0f} s -> {out}", flush=True)
-        rc = run_locust(cmd, out / "locust.log", planned + LOCUST_GRACE_S, args.quiet)
+        rc = generators.run_locust(cmd, out / "locust.log", planned + generators.LOCUST_GRACE_S, args.quiet)
         if server is not None and not server.alive():
             log.error("the server died during the run:\n%s", server.log_tail())
         if rc != 0 or not (out / "requests.meta.json").exists():
@@ -342,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if server is not None:
-            procs.stop_server(server)
+            servers.stop(server)
 
     summary, check_list = analyse(out, args.no_plots)
     print_summary(summary, check_list, out)

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from loadtests import analysis, payloads, profiles  # noqa: E402
+from loadtests import analysis, checks, payloads, profiles  # noqa: E402
 from loadtests.recorder import FLAG_NO_RETRY_AFTER, Recorder  # noqa: E402
 
 # --- fast: pure parts ------------------------------------------------------------------
@@ -114,7 +114,7 @@ def _run_data(rec: Recorder, profile: str, **config: Any) -> analysis.RunData:
 
 
 def _checks(run: analysis.RunData) -> dict[str, bool]:
-    return {c["name"]: c["ok"] for c in analysis.checks(run, analysis.summarize(run))}
+    return {c["name"]: c["ok"] for c in checks.evaluate(run, analysis.summarize(run))}
 
 
 def _spike_record(*, retry_after: bool, conn_errors: int, late_errors: int) -> Recorder:
@@ -202,13 +202,13 @@ def _run_profile(profile: str, out: Path, *args: str, timeout_s: float = 120) ->
 
 def _assert_checks(rc: int, summary: dict[str, Any], output: str, *required: str) -> dict[str, dict[str, Any]]:
     assert summary, f"no summary written:\n{output}"
-    checks = {c["name"]: c for c in summary["checks"]}
+    by_name = {c["name"]: c for c in summary["checks"]}
     failed = [f"{c['name']}: {c['detail']}" for c in summary["checks"] if not c["ok"]]
     assert not failed and rc == 0, f"failed checks {failed} (exit {rc})\n{output}"
     for name in ("produced requests", "no connection errors", *required):
-        assert name in checks, f"missing check {name!r}: {sorted(checks)}"
+        assert name in by_name, f"missing check {name!r}: {sorted(by_name)}"
     assert summary["overall"]["requests"] > 0
-    return checks
+    return by_name
 
 
 @pytest.mark.slow
