@@ -1,19 +1,29 @@
-"""Command line: ``scorehost serve`` (default), ``scorehost probe``, ``scorehost k8s``.
+"""Command line: ``scorehost serve`` (default), ``scorehost probe``, ``scorehost k8s``, and
+``azmlinfsrv``, the drop-in for the reference server's command.
 
 Flags only override settings that were given; every default lives in
-:class:`server.settings.Settings`. The reference server's flags
-(``--entry_script``, ``--model_dir``, ``--port``, ``--worker_count``,
-``--access_control_allow_origins``) are accepted so existing launch scripts work.
+:class:`server.settings.Settings`. The reference server's flags (``--entry_script``,
+``--model_dir``, ``--port``, ``--health_port``, ``--worker_count``,
+``--appinsights_instrumentation_key``, ``--access_control_allow_origins``,
+``--config_file``) are accepted by both commands so existing launch scripts work.
+
+Configuration files are read here, before the settings object is built (it does no
+I/O): ``--config_file`` / ``AZUREML_CONFIG_FILE``, else ``config.json`` in the app root
+or next to the entry script, a flat JSON object of the reference's environment names.
+Its values rank below flags and the environment, as in the reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from server import __version__
 
@@ -25,50 +35,208 @@ if TYPE_CHECKING:
 # NOTE: pydantic and the settings are imported lazily: `scorehost probe` is the images'
 # HEALTHCHECK and runs every few seconds, so its start-up cost matters.
 PREFIX = "SCOREHOST_"
+CONFIG_FILE = "config.json"
 
 # flag -> settings field
 _FLAGS: dict[str, tuple[str, str]] = {
     "--entry_script": ("entry_script", "path of score.py (AZUREML_ENTRY_SCRIPT)"),
     "--model_dir": ("model_dir", "model folder (AZUREML_MODEL_DIR)"),
     "--app_root": ("app_root", "app root put on sys.path (AML_APP_ROOT)"),
-    "--host": ("host", "address to bind (default 127.0.0.1)"),
+    "--host": ("host", "address to bind (default 127.0.0.1; 0.0.0.0 for azmlinfsrv)"),
     "--port": ("port", "port (default 5001)"),
+    "--health_port": ("health_port", "probe port when SEPERATE_HEALTH_ENDPOINT=true (default 5000)"),
     "--worker_count": ("workers", "worker processes (WORKER_COUNT)"),
     "--max_concurrent_requests": ("max_concurrent_requests", "scoring calls in flight"),
     "--max_queue_length": ("max_queue_length", "requests that may wait for a slot"),
     "--max_queue_wait_ms": ("max_queue_wait_ms", "longest wait for a slot"),
     "--scoring_timeout_ms": ("scoring_timeout_ms", "run() deadline (SCORING_TIMEOUT_MS)"),
     "--access_control_allow_origins": ("cors_origins", "CORS origins, comma-separated"),
+    "--config_file": ("config_file", "JSON config file of Azure ML names (AZUREML_CONFIG_FILE)"),
+    "--appinsights_instrumentation_key": ("app_insights_key", "App Insights key, passed to the script"),
     "--log_level": ("log_level", "debug, info, warning or error"),
     "--log_format": ("log_format", "text or json"),
 }
 
+# The keys the reference reads from a config file (its settings' aliases), and the field each sets.
+FILE_KEYS: dict[str, str] = {
+    "AZUREML_ENTRY_SCRIPT": "entry_script",
+    "AZUREML_MODEL_DIR": "model_dir",
+    "AZUREML_SOURCE_DIRECTORY": "source_directory",
+    "SERVICE_NAME": "service_name",
+    "SERVICE_VERSION": "service_version",
+    "SERVICE_PATH_PREFIX": "service_path_prefix",
+    "SCORING_TIMEOUT_MS": "scoring_timeout_ms",
+    "AZUREML_LOG_LEVEL": "log_level",
+}
+# Read from a config file by the reference, with no effect in scorehost (App Insights, debugger).
+REFERENCE_ONLY_FILE_KEYS = frozenset(
+    {"WORKSPACE_NAME", "HOSTNAME", "APP_INSIGHTS_LOG_RESPONSE_ENABLED", "AZUREML_DEBUG_PORT"}
+)
 
-def _serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scorehost serve",
-        description="Serve an Azure ML entry script (init()/run()) or a folder of ONNX models.",
+# What each command changes in the defaults (below flags, environment and config file).
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "scorehost": {},
+    # The reference binds 0.0.0.0 and has no host flag; Dockerfiles that run it rely on that.
+    "azmlinfsrv": {"host": "0.0.0.0", "log_names": "azmlinfsrv"},
+}
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message is the one line to print."""
+
+
+@dataclass
+class Loaded:
+    settings: Settings
+    warnings: list[str] = field(default_factory=list)
+
+
+class _ReferenceParser(argparse.ArgumentParser):
+    """azmlinfsrv's argument errors: the message, the full help, exit 1 (the reference's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(file=sys.stderr)
+        self.print_help(sys.stderr)
+        raise SystemExit(1)
+
+
+def _serve_parser(command: str = "scorehost") -> argparse.ArgumentParser:
+    reference = command == "azmlinfsrv"
+    cls = _ReferenceParser if reference else argparse.ArgumentParser
+    parser = cls(
+        prog="azmlinfsrv" if reference else "scorehost serve",
+        description=(
+            "scorehost, run as a drop-in for the Azure ML inference server (azmlinfsrv)."
+            if reference
+            else "Serve an Azure ML entry script (init()/run()) or a folder of ONNX models."
+        ),
         argument_default=argparse.SUPPRESS,
     )
-    for flag, (field, text) in _FLAGS.items():
+    for flag, (dest, text) in _FLAGS.items():
         aliases = [flag]
         if "_" in flag:
             aliases.append(flag.replace("_", "-"))
         if flag == "--worker_count":
             aliases.append("--workers")
-        parser.add_argument(*aliases, dest=field, help=text)
+        parser.add_argument(*aliases, dest=dest, help=text)
+    # The reference's hidden --rest sets an environment variable nothing reads.
+    parser.add_argument("--rest", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"scorehost {__version__}")
     return parser
 
 
-def settings_from_args(argv: list[str]) -> Settings:
+# --- config file --------------------------------------------------------------
+def _usable(path: str) -> bool:
+    """The reference's test: the file exists and is not empty."""
+    return os.path.isfile(path) and os.path.getsize(path) > 0
+
+
+def find_config_file(explicit: str | None, from_env: str | None, app_root: str, entry_script: str | None) -> str | None:
+    """The config file to read: ``--config_file`` (must exist), ``AZUREML_CONFIG_FILE`` (if it
+    exists), then ``config.json`` in the app root, then next to the entry script."""
+    if explicit is not None:
+        path = os.path.abspath(explicit)
+        if not os.path.isfile(path):
+            raise SettingsError(f"config file not found: {path} (--config_file)")
+        return path if _usable(path) else None
+    if from_env and _usable(from_env):
+        return os.path.abspath(from_env)
+    roots = [app_root]
+    if entry_script:
+        roots.append(os.path.dirname(os.path.realpath(entry_script)))
+    for root in roots:
+        path = os.path.join(root, CONFIG_FILE)
+        if _usable(path):
+            return path
+    return None
+
+
+def read_config_file(path: str) -> tuple[dict[str, Any], list[str]]:
+    """The settings a config file sets (by field name), and at most one warning line
+    naming the keys that were ignored."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: expected a JSON object of setting names, got {type(data).__name__}")
+    values: dict[str, Any] = {}
+    unknown: list[str] = []
+    unused: list[str] = []
+    for key, value in data.items():
+        name = FILE_KEYS.get(key)
+        if name is None:
+            (unused if key in REFERENCE_ONLY_FILE_KEYS else unknown).append(key)
+            continue
+        if value is None:
+            continue
+        if name != "scoring_timeout_ms" and isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)  # e.g. "SERVICE_VERSION": 2
+        values[name] = value
+    parts = []
+    if unknown:
+        parts.append(f"unknown keys {unknown} (a config file may set {sorted(FILE_KEYS)})")
+    if unused:
+        parts.append(f"keys without effect in scorehost {unused}")
+    warnings = [f"Config file {path}: ignoring " + "; ".join(parts)] if parts else []
+    return values, warnings
+
+
+# --- settings -----------------------------------------------------------------
+def parse_args(argv: list[str], command: str = "scorehost") -> dict[str, Any]:
+    """Flags as settings fields (only those given)."""
+    args = vars(_serve_parser(command).parse_args(argv))
+    args.pop("rest", None)
+    if "app_insights_key" in args:  # the reference: giving a key switches App Insights on
+        args["app_insights_enabled"] = True
+    return args
+
+
+def load_settings(argv: list[str], command: str = "scorehost") -> Loaded:
+    """Flags, environment and config file -> settings. Raises :class:`SettingsError` with one line."""
+    from pydantic import ValidationError
+
     from server.settings import Settings
 
-    args = vars(_serve_parser().parse_args(argv))
-    return Settings(**args)
+    args = parse_args(argv, command)
+    defaults = COMMAND_DEFAULTS[command]
+    explicit = args.pop("config_file", None)
+    file_values: dict[str, Any] = {}
+    warnings: list[str] = []
+    path: str | None = None
+    try:
+        first = Settings.build(defaults, **args)
+        cwd = os.getcwd()
+        if explicit is None and first.config_file and not _usable(first.config_file):
+            warnings.append(
+                f"AZUREML_CONFIG_FILE={first.config_file}: not found or empty; "
+                "looking for config.json in the app root and next to the entry script"
+            )
+        path = find_config_file(
+            explicit, first.config_file, first.resolved_app_root(cwd), first.resolved_entry_script(cwd)
+        )
+        if path is not None:
+            file_values, notes = read_config_file(path)
+            warnings.extend(notes)
+        settings = Settings.build({**defaults, **file_values}, **args, config_file=path)
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc, file_values, path)) from exc
+    if command == "azmlinfsrv" and settings.model_dir is None:
+        warnings.append(
+            "The environment variable 'AZUREML_MODEL_DIR' has not been set. "
+            "Use the --model_dir command line argument to set it."
+        )
+    return Loaded(settings, warnings)
 
 
-def describe_error(exc: ValidationError) -> str:
+def settings_from_args(argv: list[str]) -> Settings:
+    return load_settings(argv).settings
+
+
+def describe_error(exc: ValidationError, file_values: Mapping[str, Any] | None = None, path: str | None = None) -> str:
     """One line naming the setting, its environment variable and what was wrong."""
     from server.settings import Settings
 
@@ -85,7 +253,11 @@ def describe_error(exc: ValidationError) -> str:
             break
     flag = next((f for f, (name, _) in _FLAGS.items() if name == field), None)
     where = ", ".join(names) + (f" / {flag}" if flag else "")
-    return f"scorehost: invalid setting {field} ({where}): {msg} (got {err.get('input')!r})"
+    got = err.get("input")
+    source = ""
+    if file_values and field in file_values and file_values[field] == got:
+        source = f" in config file {path}"
+    return f"scorehost: invalid setting {field} ({where}): {msg} (got {got!r}{source})"
 
 
 def probe(argv: list[str]) -> int:
@@ -120,13 +292,21 @@ def main(argv: list[str] | None = None) -> int:
     if command != "serve":
         print(f"scorehost: unknown command {command!r} (use serve, probe or k8s)", file=sys.stderr)
         return 2
-    from pydantic import ValidationError
+    return _serve(rest, "scorehost")
 
+
+def azmlinfsrv_main(argv: list[str] | None = None) -> int:
+    """``azmlinfsrv``: the reference's command line, served by scorehost, logging under the
+    reference's logger names, bound to 0.0.0.0 unless told otherwise."""
+    return _serve(list(sys.argv[1:] if argv is None else argv), "azmlinfsrv")
+
+
+def _serve(argv: list[str], command: str) -> int:
     try:
-        settings = settings_from_args(rest)
-    except ValidationError as exc:
-        print(describe_error(exc), file=sys.stderr)
+        loaded = load_settings(argv, command)
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
     from server.http.server import serve
 
-    return serve(settings)
+    return serve(loaded.settings, warnings=loaded.warnings)

@@ -7,9 +7,13 @@
     ├── NotFound                   404  unknown path
     │   └── ModelNotFound          404  unknown model or version
     ├── MethodNotAllowed           405
+    ├── RequestTimeout             408  the request head or body was not complete within its read timeout
     ├── PayloadTooLarge            413  body above max_request_bytes
     ├── UnsupportedMediaType       415  schema-decorated run() without application/json
-    ├── HeaderTooLarge             431  request-id header over 100 characters
+    ├── HeaderTooLarge             431  request-id header over 100 characters; request head over
+    │                                   max_header_bytes, or more than max_headers fields
+    ├── ClientDisconnected         499  the client closed the connection before its body was complete
+    │                                   (nothing can be sent; the status is for the access log)
     ├── ScriptError                500  run() raised, or its process died (x-ms-run-function-failed: True)
     ├── InternalError              500  the server failed, e.g. run() returned something unserialisable
     ├── ConfigError                500  a config file is invalid: <model>.scorehost.json (that model fails)
@@ -95,9 +99,23 @@ class UnsupportedMediaType(ScoreHostError):
     code = "unsupported_media_type"
 
 
+class RequestTimeout(ScoreHostError):
+    status_code = 408
+    code = "request_timeout"
+
+
 class HeaderTooLarge(ScoreHostError):
     status_code = 431
     code = "header_too_large"
+
+
+class ClientDisconnected(ScoreHostError):
+    """The body ended before its declared length: the client closed the connection. ``run()``
+    is never called with such a body. 499 is nginx's "client closed request"; it only shows in
+    the log, as nobody is left to read it."""
+
+    status_code = 499
+    code = "client_disconnected"
 
 
 class ScriptError(ScoreHostError):

@@ -9,26 +9,101 @@ line belongs to a request:
 flush after every record: at ten thousand requests a second a flush per access line
 would be a system call per request. It flushes at least every 0.2 s, at once for
 warnings and errors, and at exit.
+
+``log_names=azmlinfsrv`` (the ``azmlinfsrv`` command) writes what the reference writes,
+so existing log queries keep matching: its logger names (``azmlinfsrv`` for the server
+and the per-request line, ``azmlinfsrv.print``, ``azmlinfsrv.user_script``), UTC times,
+and no request id appended::
+
+    2026-11-21 04:39:10,772 I [4901] azmlinfsrv - POST /score 200 0.540ms 55
+
+A ``logging.json`` in the app root or next to the entry script is applied on top with
+``logging.config.dictConfig`` (:func:`apply_logging_file`), in every process.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextvars
+import importlib
 import io
+import json
 import logging
+import logging.config
 import os
 import sys
 import threading
 import time
-from typing import Any, TextIO
+import types
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from server.settings import Settings
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _FLUSH_EVERY_S = 0.2
 _TEXT_FORMAT = "%(asctime)s %(levelname).1s [%(process)d] %(name)s - %(message)s"
+LOGGING_FILE = "logging.json"
+
+Names = Literal["scorehost", "azmlinfsrv"]
+Role = Literal["server", "access", "print", "user_script"]
+# The loggers a line is written under, per naming mode. The reference writes its
+# per-request line under "azmlinfsrv" itself (routes.py), not under an ".access" child.
+LOGGER_NAMES: dict[str, dict[str, str]] = {
+    "scorehost": {
+        "server": "scorehost",
+        "access": "scorehost.access",
+        "print": "scorehost.print",
+        "user_script": "scorehost.entry",
+    },
+    "azmlinfsrv": {
+        "server": "azmlinfsrv",
+        "access": "azmlinfsrv",
+        "print": "azmlinfsrv.print",
+        "user_script": "azmlinfsrv.user_script",
+    },
+}
+# In azmlinfsrv mode, lines of our own loggers are shown under the reference's names.
+_AZMLINFSRV_DISPLAY = {
+    "scorehost": "azmlinfsrv",
+    "scorehost.access": "azmlinfsrv",
+    "scorehost.http": "azmlinfsrv",
+    "scorehost.entry": "azmlinfsrv.user_script",
+    "scorehost.print": "azmlinfsrv.print",
+    "scorehost.swagger": "azmlinfsrv.swagger",
+}
+
+_names: str = "scorehost"
+_logging_file: str | None = None  # the logging.json applied in this process, if any
+
+
+class LoggingFileError(ValueError):
+    """A logging.json that cannot be read or applied."""
+
+
+def naming() -> str:
+    """The naming mode of this process: ``scorehost`` or ``azmlinfsrv``."""
+    return _names
+
+
+def logger_name(role: Role) -> str:
+    """The logger a ``role`` (server, access, print, user_script) writes under in this process."""
+    return LOGGER_NAMES[_names][role]
+
+
+def display_name(name: str) -> str:
+    """The logger name a line shows: the reference's names in ``azmlinfsrv`` mode."""
+    if _names != "azmlinfsrv":
+        return name
+    shown = _AZMLINFSRV_DISPLAY.get(name)
+    if shown is not None:
+        return shown
+    if name.startswith("scorehost."):
+        return "azmlinfsrv." + name[len("scorehost.") :]
+    return name
 
 
 class _RequestIdFilter(logging.Filter):
@@ -39,13 +114,42 @@ class _RequestIdFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
+    """The reference's line; ours appends the request id, the azmlinfsrv mode (UTC times,
+    the reference's logger names) leaves the line exactly as the reference writes it."""
+
+    def __init__(self, names: str = "scorehost") -> None:
         super().__init__(_TEXT_FORMAT)
+        self.reference = names == "azmlinfsrv"
+        if self.reference:
+            self.converter = time.gmtime
 
     def format(self, record: logging.LogRecord) -> str:
+        if self.reference:
+            name = record.name
+            record.name = display_name(name)
+            try:
+                return super().format(record)
+            finally:
+                record.name = name
         line = super().format(record)
         rid = getattr(record, "request_id", None)
         return f"{line} [rid {rid}]" if rid else line
+
+
+class AMLLogFormatter(logging.Formatter):
+    """Stand-in for ``azureml_inference_server_http.log_config.AMLLogFormatter`` (UTC times), which
+    the reference's logging.json, and files copied from it, name."""
+
+    def __init__(self, fmt: str = _TEXT_FORMAT, datefmt: str | None = None, style: Any = "%") -> None:
+        super().__init__(fmt=fmt, datefmt=datefmt, style=style)
+        self.converter = time.gmtime
+
+
+class RootAccessFilter(logging.Filter):
+    """Stand-in for the reference's filter that keeps ``GET /`` probes out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "GET / HTTP/1.1" not in record.getMessage()
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,7 +158,7 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record),
             "level": record.levelname,
             "pid": record.process,
-            "logger": record.name,
+            "logger": display_name(record.name),
             "message": record.getMessage(),
         }
         rid = getattr(record, "request_id", None)
@@ -103,14 +207,19 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
 
 
-def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = None, names: str = "scorehost") -> None:
     """Install our handler on the root logger (idempotent per process)."""
+    global _names, _logging_file
+    if names not in LOGGER_NAMES:
+        raise ValueError(f"unknown log naming {names!r}")
+    _names = names
+    _logging_file = None
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, DeferredFlushHandler):
             root.removeHandler(handler)
     handler = DeferredFlushHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(names))
     handler.addFilter(_RequestIdFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -121,12 +230,95 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     logging.getLogger("uvicorn.access").disabled = True
 
 
+def configure_from(settings: Settings, stream: TextIO | None = None) -> str | None:
+    """Everything a process does to set up logging: our handler, in the settings' naming mode,
+    then the user's ``logging.json`` if there is one. Returns the file applied, if any.
+    Raises :class:`LoggingFileError` for a file that cannot be applied."""
+    configure(settings.log_level, settings.log_format, stream=stream, names=settings.log_names)
+    return apply_logging_file(settings)
+
+
+def find_logging_file(settings: Settings, cwd: str | None = None) -> str | None:
+    """``logging.json`` in the app root, else next to the entry script (the reference's order)."""
+    cwd = cwd or os.getcwd()
+    roots = [settings.resolved_app_root(cwd)]
+    entry = settings.resolved_entry_script(cwd)
+    if entry:
+        roots.append(os.path.dirname(os.path.realpath(entry)))
+    for root in roots:
+        path = os.path.join(root, LOGGING_FILE)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def apply_logging_file(settings: Settings, cwd: str | None = None) -> str | None:
+    """Apply the user's ``logging.json`` with :func:`logging.config.dictConfig`, as the reference
+    does; returns its path, or None when there is none.
+
+    Loggers that exist already stay enabled unless the file says ``"disable_existing_loggers":
+    true`` (Python's default would silence the server's own loggers). The reference's formatter
+    and filter classes (``azureml_inference_server_http.log_config.*``) resolve to stand-ins
+    when that package is not installed.
+    """
+    global _logging_file
+    path = find_logging_file(settings, cwd)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        config = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise LoggingFileError(f"cannot read logging config {path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise LoggingFileError(f"logging config {path}: expected a JSON object, got {type(config).__name__}")
+    config.setdefault("version", 1)
+    config.setdefault("disable_existing_loggers", False)
+    if "azureml_inference_server_http" in text:
+        _reference_log_config()
+    try:
+        logging.config.dictConfig(config)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise LoggingFileError(f"cannot apply logging config {path}: {exc}") from exc
+    _logging_file = path
+    logging.getLogger(logger_name("server")).info("Loaded logging config from %s", path)
+    return path
+
+
+def logging_file() -> str | None:
+    """The logging.json applied in this process, if any."""
+    return _logging_file
+
+
+def _reference_log_config() -> None:
+    """Make ``azureml_inference_server_http.log_config`` importable: the real one when the
+    reference package is installed, our stand-ins otherwise."""
+    name = "azureml_inference_server_http.log_config"
+    try:
+        importlib.import_module(name)
+        return
+    except ImportError:
+        pass
+    parent = sys.modules.get("azureml_inference_server_http")
+    if parent is None:
+        parent = types.ModuleType("azureml_inference_server_http")
+        parent.__path__ = []
+        sys.modules[parent.__name__] = parent
+    module = types.ModuleType(name)
+    module.AMLLogFormatter = AMLLogFormatter  # type: ignore[attr-defined]
+    module.RootAccessFilter = RootAccessFilter  # type: ignore[attr-defined]
+    sys.modules[name] = module
+    parent.log_config = module  # type: ignore[attr-defined]
+
+
 class PrintToLog(io.TextIOBase):
     """Stands in for ``sys.stdout`` in a worker: each printed line becomes a log record
-    of ``scorehost.print``, so it carries the request id of the call that printed it."""
+    of ``scorehost.print`` (``azmlinfsrv.print`` in that mode), so it carries the request id
+    of the call that printed it."""
 
-    def __init__(self, logger_name: str = "scorehost.print", level: int = logging.INFO) -> None:
-        self._logger = logging.getLogger(logger_name)
+    def __init__(self, name: str | None = None, level: int = logging.INFO) -> None:
+        self._logger = logging.getLogger(name or logger_name("print"))
         self._level = level
         self._local = threading.local()
 
@@ -155,26 +347,37 @@ class AccessLog:
     One line per request is the hottest log call there is: building a LogRecord,
     formatting its time and walking the handlers cost about a third of a request on
     one core. This writes the same line (same format, same stream, same batched
-    flush) from a cached timestamp and one ``%`` format.
+    flush) from a cached timestamp and one ``%`` format. When a user's logging.json
+    was applied (or our handler is gone) it goes through ``logging``, so the file's
+    levels, filters and handlers apply to it.
     """
 
-    def __init__(self, fmt: str = "text", name: str = "scorehost.access") -> None:
+    def __init__(self, fmt: str = "text", name: str | None = None) -> None:
         self.json = fmt == "json"
-        self.name = name
+        self.name = name or logger_name("access")
+        self.reference = _names == "azmlinfsrv"
+        self._clock = time.gmtime if self.reference else time.localtime
         self.pid = os.getpid()
         self._second = -1
         self._stamp = ""
-        self._handler = next((h for h in logging.getLogger().handlers if isinstance(h, DeferredFlushHandler)), None)
+        self._handler = None
+        if _logging_file is None:
+            self._handler = next((h for h in logging.getLogger().handlers if isinstance(h, DeferredFlushHandler)), None)
+        self._logger = logging.getLogger(self.name)
 
     def _now(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self._clock(second))
         return "%s,%03d" % (self._stamp, int((now - second) * 1000))  # noqa: UP031 - hot path
 
     def write(self, method: str, path: str, status: int, ms: float, size: int, request_id: str) -> None:
+        handler = self._handler
+        if handler is None:
+            self._logger.info("%s %s %d %.3fms %d", method, path, status, ms, size, extra={"request_id": request_id})
+            return
         if self.json:
             line = orjson.dumps(
                 {
@@ -186,6 +389,17 @@ class AccessLog:
                     "request_id": request_id,
                 }
             ).decode()
+        elif self.reference:
+            line = "%s I [%d] %s - %s %s %d %.3fms %d" % (  # noqa: UP031 - hot path
+                self._now(),
+                self.pid,
+                self.name,
+                method,
+                path,
+                status,
+                ms,
+                size,
+            )
         else:
             line = "%s I [%d] %s - %s %s %d %.3fms %d [rid %s]" % (  # noqa: UP031 - hot path
                 self._now(),
@@ -198,10 +412,6 @@ class AccessLog:
                 size,
                 request_id,
             )
-        handler = self._handler
-        if handler is None:
-            logging.getLogger(self.name).info("%s", line)
-            return
         with handler.lock:  # type: ignore[union-attr]
             handler.stream.write(line + "\n")
             handler._dirty = True

@@ -109,6 +109,30 @@ class Settings(BaseSettings):
     port: int = Field(5001, ge=0, le=65535, validation_alias=_env("port"))
     """TCP port (the reference server's default, 5001). 0 picks a free port."""
 
+    # --- connections (server.http.connection enforces these, before routing or auth) ---
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias=_env("max_header_bytes"))
+    """Largest request head (request line plus header fields); past it the client gets 431 and the
+    connection is closed, before the rest is read or parsed."""
+
+    max_headers: int = Field(100, ge=1, le=10_000, validation_alias=_env("max_headers"))
+    """Most header fields in one request; more get 431 and the connection is closed."""
+
+    header_read_timeout_s: float = Field(10.0, gt=0, le=3600, validation_alias=_env("header_read_timeout_s"))
+    """A request head must be complete this long after its first byte (a new connection must send
+    one within this long, too); otherwise 408 (a connection that sent nothing is just closed)."""
+
+    body_read_timeout_s: float = Field(60.0, gt=0, le=86_400, validation_alias=_env("body_read_timeout_s"))
+    """A request body must be complete this long after its head; otherwise 408 and the connection
+    is closed (``run()`` is not called). Time the server itself holds reading paused is not counted."""
+
+    keepalive_timeout_s: float = Field(5.0, gt=0, le=3600, validation_alias=_env("keepalive_timeout_s"))
+    """An idle keep-alive connection is closed this long after its last response."""
+
+    max_connections: int = Field(4096, ge=1, le=1_000_000, validation_alias=_env("max_connections"))
+    """Open client connections; a connection beyond it gets a canned 503 and is closed before any
+    byte of it is read. The health port (``separate_health_endpoint``) is exempt. Keep it below the
+    process's open-file limit (``ulimit -n``)."""
+
     # --- workers and bounds --------------------------------------------------
     workers: int = Field(1, ge=1, le=64, validation_alias=_env("workers", "WORKER_COUNT"))
     """Worker processes that each load the script and run ``init()`` (Azure ML ``WORKER_COUNT``)."""
@@ -241,6 +265,10 @@ class Settings(BaseSettings):
 
     access_log_probes: bool = Field(False, validation_alias=_env("access_log_probes"))
     """Also log liveness/readiness probes (left out by default, as the reference does)."""
+
+    access_log_query: bool = Field(False, validation_alias=_env("access_log_query"))
+    """Write the query string in the access line too. Off by default: ``GET /score`` carries the
+    user's inputs there, which do not belong in the log."""
 
     # --- model store (ONNX Runtime) ------------------------------------------
     max_models: int = Field(1000, ge=1, le=100_000, validation_alias=_env("max_models"))
@@ -382,7 +410,8 @@ class Settings(BaseSettings):
         return base + (1 if worker_index < extra else 0)
 
     def resolved_app_root(self, cwd: str) -> str:
-        return os.path.abspath(self.app_root or cwd)
+        root = os.path.join(cwd, os.path.expanduser(self.app_root)) if self.app_root else cwd
+        return os.path.abspath(root)
 
     def resolved_entry_script(self, cwd: str) -> str | None:
         if not self.entry_script:

@@ -39,11 +39,17 @@ def load(name: str) -> EntryScript:
 
 
 def call(
-    method: str = "POST", body: bytes = b"", *, q: str = "", ct: str = "", p: str = "",
+    method: str = "POST",
+    body: bytes = b"",
+    *,
+    q: str = "",
+    ct: str = "",
+    p: str = "",
     h: list[tuple[str, str]] | None = None,
 ) -> Call:
-    return Call(1, Target.SCORE, method, "rid-1", body, time.monotonic() + 60, query=q, content_type=ct, path=p,
-                headers=h or [])
+    return Call(
+        1, Target.SCORE, method, "rid-1", body, time.monotonic() + 60, query=q, content_type=ct, path=p, headers=h or []
+    )
 
 
 def test_plain_run_gets_body_string() -> None:
@@ -70,16 +76,20 @@ def test_invalid_utf8_is_400_with_reference_message() -> None:
 def test_raising_run_is_500_run_failed() -> None:
     reply = load("raising_run.py").call_sync(call(body=b"{}"))
     assert reply.status == 500 and reply.run_failed
-    assert orjson.loads(reply.body) == {"message": "An unexpected error occurred in scoring script. "
-                                                   "Check the logs for more info."}
+    assert orjson.loads(reply.body) == {
+        "message": "An unexpected error occurred in scoring script. Check the logs for more info."
+    }
 
 
-@pytest.mark.parametrize(("kind", "status", "body", "failed"), [
-    ("none", 200, b"{}", False),
-    ("str", 200, b'"plain string"', False),
-    ("set", 500, b'{"message":"An unexpected internal error occurred. Check the logs for more info."}', False),
-    ("dict", 200, b'{"kind":"dict"}', False),
-])
+@pytest.mark.parametrize(
+    ("kind", "status", "body", "failed"),
+    [
+        ("none", 200, b"{}", False),
+        ("str", 200, b'"plain string"', False),
+        ("set", 500, b'{"message":"An unexpected internal error occurred. Check the logs for more info."}', False),
+        ("dict", 200, b'{"kind":"dict"}', False),
+    ],
+)
 def test_return_values_render_as_the_reference(kind: str, status: int, body: bytes, failed: bool) -> None:
     reply = load("returns.py").call_sync(call(body=json.dumps({"kind": kind}).encode()))
     assert (reply.status, reply.body, reply.run_failed) == (status, body, failed)
@@ -89,8 +99,14 @@ def test_numpy_values_and_request_headers() -> None:
     script = load("headers_run.py")
     assert script.info.meta_level == 2
     reply = script.call_sync(call(body=b"x", h=[("user-agent", "ua/1"), ("x-request-id", "r9")]))
-    assert orjson.loads(reply.body) == {"data": "x", "agent": "ua/1", "rid": "r9", "arr": [0, 1, 2],
-                                        "scalar": 1.5, "view": [0, 2, 4]}
+    assert orjson.loads(reply.body) == {
+        "data": "x",
+        "agent": "ua/1",
+        "rid": "r9",
+        "arr": [0, 1, 2],
+        "scalar": 1.5,
+        "view": [0, 2, 4],
+    }
 
 
 def test_schema_decorated_run() -> None:
@@ -127,8 +143,7 @@ def test_rawhttp_run_gets_request_and_returns_response() -> None:
 
 def test_legacy_azureml_contrib_import_path() -> None:
     script = load("legacy_rawhttp.py")
-    reply = script.call_sync(call(body=b'{"k": 1}', p="/score", q="",
-                                  h=[("content-type", "application/json")]))
+    reply = script.call_sync(call(body=b'{"k": 1}', p="/score", q="", h=[("content-type", "application/json")]))
     assert reply.status == 200 and orjson.loads(reply.body) == {"k": 1}
     assert importlib.import_module("azureml.contrib.services.aml_response").AMLResponse is aml.AMLResponse
 
@@ -142,11 +157,14 @@ def test_async_run_is_awaited() -> None:
     assert reply.status == 200 and orjson.loads(reply.body) == {"async": True, "echo": {"v": 1}}
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("no_run.py", "does not define a run() function"),
-    ("syntax_error.py", "SyntaxError"),
-    ("missing.py", "Entry script not found"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no_run.py", "does not define a run() function"),
+        ("syntax_error.py", "SyntaxError"),
+        ("missing.py", "Entry script not found"),
+    ],
+)
 def test_broken_scripts_raise_entry_script_error(name: str, message: str) -> None:
     with pytest.raises(EntryScriptError, match=message.replace("(", r"\(").replace(")", r"\)")):
         EntryScript(str(SCRIPTS / name), str(ROOT)).load()

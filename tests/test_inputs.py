@@ -11,8 +11,8 @@ import pytest
 from conftest import ROOT, SCRIPTS
 
 from server.entry import aml, inputs
-from server.errors import BadRequest
 from server.entry.script import EntryScript
+from server.errors import BadRequest
 from server.workers.protocol import Call, Reply, Target
 
 DEEP = "%5B" * 5000 + "1" + "%5D" * 5000  # url-encoded [[[...1...]]], 5,000 deep

@@ -64,3 +64,66 @@ def test_print_becomes_log_records(stream: io.StringIO) -> None:
     lines = stream.getvalue().splitlines()
     assert [line.split(" - ", 1)[1] for line in lines] == ["partial line", "a", "b"]
     assert all("scorehost.print" in line for line in lines)
+
+
+@pytest.fixture
+def reference_mode(stream: io.StringIO) -> io.StringIO:
+    log.configure("info", "text", stream=stream, names="azmlinfsrv")
+    yield stream
+    log.configure("info", "text", stream=io.StringIO())  # back to our names
+
+
+def test_azmlinfsrv_names_and_line(reference_mode: io.StringIO) -> None:
+    token = log.request_id_var.set("rid-1")
+    try:
+        logging.getLogger("scorehost").info("server line")
+        logging.getLogger("scorehost.entry").info("Invoking user's init function")
+        logging.getLogger("scorehost.pool").warning("pool line")
+        logging.getLogger("user.own").info("untouched")
+        log.PrintToLog().write("printed\n")
+    finally:
+        log.request_id_var.reset(token)
+    log.AccessLog("text").write("POST", "/score", 200, 0.5401, 55, "rid-2")
+    next(h for h in logging.getLogger().handlers if isinstance(h, log.DeferredFlushHandler)).flush()
+    names = [line.split("] ", 1)[1] for line in reference_mode.getvalue().splitlines()]
+    assert names == [
+        "azmlinfsrv - server line",
+        "azmlinfsrv.user_script - Invoking user's init function",
+        "azmlinfsrv.pool - pool line",
+        "user.own - untouched",
+        "azmlinfsrv.print - printed",
+        "azmlinfsrv - POST /score 200 0.540ms 55",
+    ]
+    assert "rid" not in reference_mode.getvalue()
+    assert log.logger_name("print") == "azmlinfsrv.print" and log.logger_name("access") == "azmlinfsrv"
+
+
+def test_azmlinfsrv_times_are_utc(reference_mode: io.StringIO) -> None:
+    import time
+
+    ours = next(h for h in logging.getLogger().handlers if isinstance(h, log.DeferredFlushHandler))
+    formatter = ours.formatter
+    assert isinstance(formatter, log.TextFormatter) and formatter.converter is time.gmtime
+    assert log.AccessLog("text")._clock is time.gmtime
+    assert log.TextFormatter().converter is not time.gmtime  # our own mode keeps local time
+
+
+def test_azmlinfsrv_json_logger_field(stream: io.StringIO) -> None:
+    log.configure("info", "json", stream=stream, names="azmlinfsrv")
+    try:
+        logging.getLogger("scorehost.entry").info("x")
+        assert orjson.loads(stream.getvalue().splitlines()[0])["logger"] == "azmlinfsrv.user_script"
+    finally:
+        log.configure("info", "text", stream=io.StringIO())
+
+
+def test_configure_from_settings(stream: io.StringIO, tmp_path: object) -> None:
+    from server.settings import Settings
+
+    try:
+        assert log.configure_from(Settings(log_names="azmlinfsrv", app_root=str(tmp_path)), stream=stream) is None
+        assert log.naming() == "azmlinfsrv"
+        assert log.PrintToLog()._logger.name == "azmlinfsrv.print"
+    finally:
+        log.configure("info", "text", stream=io.StringIO())
+    assert log.naming() == "scorehost" and log.PrintToLog()._logger.name == "scorehost.print"

@@ -32,8 +32,12 @@ def _timed_post(url: str, payload: dict[str, object], timeout: float = 20) -> tu
     ids=["time.sleep", "python-loop", "c-call-releasing-gil", "c-call-holding-gil"],
 )
 def test_scoring_timeout_is_on_time_whatever_run_does(start_server, payload) -> None:  # type: ignore[no-untyped-def]
-    server = start_server("sleeper.py", SCORING_TIMEOUT_MS=str(TIMEOUT_MS), SCOREHOST_MAX_CONCURRENT_REQUESTS="1",
-                          SCOREHOST_WEDGED_AFTER_MS="60000")
+    server = start_server(
+        "sleeper.py",
+        SCORING_TIMEOUT_MS=str(TIMEOUT_MS),
+        SCOREHOST_MAX_CONCURRENT_REQUESTS="1",
+        SCOREHOST_WEDGED_AFTER_MS="60000",
+    )
     response, elapsed = _timed_post(server.url, payload)
     assert response.status_code == 504
     assert response.json() == {"message": f"Scoring timeout after {TIMEOUT_MS} ms"}
@@ -47,8 +51,13 @@ def test_scoring_timeout_is_on_time_whatever_run_does(start_server, payload) -> 
 
 
 def test_timed_out_call_keeps_its_slot_until_it_ends(start_server) -> None:  # type: ignore[no-untyped-def]
-    server = start_server("sleeper.py", SCORING_TIMEOUT_MS="500", SCOREHOST_MAX_CONCURRENT_REQUESTS="1",
-                          SCOREHOST_MAX_QUEUE_WAIT_MS="200", SCOREHOST_WEDGED_AFTER_MS="60000")
+    server = start_server(
+        "sleeper.py",
+        SCORING_TIMEOUT_MS="500",
+        SCOREHOST_MAX_CONCURRENT_REQUESTS="1",
+        SCOREHOST_MAX_QUEUE_WAIT_MS="200",
+        SCOREHOST_WEDGED_AFTER_MS="60000",
+    )
     first, _ = _timed_post(server.url, {"sleep_ms": 1500})
     assert first.status_code == 504
     second, elapsed = _timed_post(server.url, {"sleep_ms": 0})
@@ -61,8 +70,12 @@ def test_timed_out_call_keeps_its_slot_until_it_ends(start_server) -> None:  # t
 
 
 def test_full_queue_is_refused_at_once(start_server) -> None:  # type: ignore[no-untyped-def]
-    server = start_server("sleeper.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="1", SCOREHOST_MAX_QUEUE_LENGTH="2",
-                          SCOREHOST_MAX_QUEUE_WAIT_MS="3000")
+    server = start_server(
+        "sleeper.py",
+        SCOREHOST_MAX_CONCURRENT_REQUESTS="1",
+        SCOREHOST_MAX_QUEUE_LENGTH="2",
+        SCOREHOST_MAX_QUEUE_WAIT_MS="3000",
+    )
     with cf.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(_timed_post, server.url, {"sleep_ms": 1000}) for _ in range(6)]
         results = [f.result(30) for f in futures]
@@ -109,6 +122,9 @@ def test_crashing_worker_gives_500_and_is_restarted(start_server) -> None:  # ty
 def test_other_workers_keep_serving_while_one_restarts(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("crasher.py", WORKER_COUNT="2")
     with server.client() as c:
+        deadline = time.monotonic() + 20  # both workers up first: readiness needs only one
+        while c.get("/health/ready").json()["workers_ready"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert c.post("/score", json={"crash": True}).status_code == 500
         # The other worker answers at once; liveness stays up.
         for _ in range(5):
@@ -119,8 +135,9 @@ def test_other_workers_keep_serving_while_one_restarts(start_server) -> None:  #
 
 
 def test_wedged_worker_is_replaced(start_server) -> None:  # type: ignore[no-untyped-def]
-    server = start_server("sleeper.py", SCORING_TIMEOUT_MS="300", SCOREHOST_MAX_CONCURRENT_REQUESTS="1",
-                          SCOREHOST_WEDGED_AFTER_MS="500")
+    server = start_server(
+        "sleeper.py", SCORING_TIMEOUT_MS="300", SCOREHOST_MAX_CONCURRENT_REQUESTS="1", SCOREHOST_WEDGED_AFTER_MS="500"
+    )
     response, elapsed = _timed_post(server.url, {"sleep_ms": 30000, "mode": "gil"})
     assert response.status_code == 504 and elapsed < 0.35
     server.wait_for_log("is wedged", timeout=5)
@@ -180,8 +197,14 @@ def test_short_calls_are_pipelined_even_while_requests_queue() -> None:
     from server.workers.protocol import Call, Reply, Target
 
     async def main() -> int:
-        pool = WorkerPool(Settings(entry_script=str(SCRIPTS / "echo.py"), max_concurrent_requests=1,
-                                   max_queue_length=1000, max_queue_wait_ms=30000))
+        pool = WorkerPool(
+            Settings(
+                entry_script=str(SCRIPTS / "echo.py"),
+                max_concurrent_requests=1,
+                max_queue_length=1000,
+                max_queue_wait_ms=30000,
+            )
+        )
         await pool.start()
         try:
             await wait_pool_ready(pool)
@@ -195,7 +218,8 @@ def test_short_calls_are_pipelined_even_while_requests_queue() -> None:
 
             sampler = asyncio.create_task(sample())
             replies = await asyncio.wait_for(
-                asyncio.gather(*(pool.call(Call(0, Target.SCORE, "POST", f"r{i}", b"1", 0.0)) for i in range(200))), 30)
+                asyncio.gather(*(pool.call(Call(0, Target.SCORE, "POST", f"r{i}", b"1", 0.0)) for i in range(200))), 30
+            )
             sampler.cancel()
             assert all(isinstance(r, Reply) and r.status == 200 for r in replies)
             return peak

@@ -68,11 +68,12 @@ def test_generator_raising_midway_cuts_the_stream(start_server) -> None:  # type
     server = start_server("streamer.py")
     with server.client() as c:
         got: list[bytes] = []
-        with pytest.raises(httpx.RemoteProtocolError):  # no terminating chunk: visibly incomplete
-            with c.stream("POST", "/score", content=json.dumps({"form": "raise", "n": 5, "raise_at": 2})) as r:
-                assert r.status_code == 200
-                for chunk in r.iter_raw():
-                    got.append(chunk)
+        body = json.dumps({"form": "raise", "n": 5, "raise_at": 2})
+        # No terminating chunk: the response is visibly incomplete.
+        with pytest.raises(httpx.RemoteProtocolError), c.stream("POST", "/score", content=body) as r:
+            assert r.status_code == 200
+            for chunk in r.iter_raw():
+                got.append(chunk)
         assert b"".join(got) == b"tok0 tok1 "
         server.wait_for_log("raised midway")
         assert c.post("/score", content=json.dumps({"n": 1})).status_code == 200  # the worker is fine
@@ -83,11 +84,11 @@ def test_client_disconnect_closes_the_generator_and_frees_the_slot(  # type: ign
 ) -> None:
     server = start_server("streamer.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="1")
     marker = tmp_path / "closed"
-    with server.client() as c:
-        with c.stream("POST", "/score", content=json.dumps({"n": 100000, "delay_ms": 10, "marker": str(marker)})) as r:
-            it = r.iter_raw()
-            next(it)
-            next(it)
+    body = json.dumps({"n": 100000, "delay_ms": 10, "marker": str(marker)})
+    with server.client() as c, c.stream("POST", "/score", content=body) as r:
+        it = r.iter_raw()
+        next(it)
+        next(it)
     deadline = time.monotonic() + 5
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -101,18 +102,17 @@ def test_slow_reader_pauses_the_generator(start_server, tmp_path: Path) -> None:
     marker, progress = tmp_path / "closed", tmp_path / "progress"
     chunk = "x" * 65536
     body = {"n": 2000, "chunk": chunk, "marker": str(marker), "progress": str(progress)}
-    with server.client() as c:
-        with c.stream("POST", "/score", content=json.dumps(body)) as r:
-            it = r.iter_raw()
-            next(it)
-            time.sleep(1.5)  # a reader that stalls: 2,000 x 64 KiB = 128 MiB would be produced unpaused
-            produced = int(progress.read_text())
-            # Paused: what sits in the window, the HTTP process and the socket buffers, not all 2,000.
-            assert produced < 400, produced
-            time.sleep(0.3)
-            assert int(progress.read_text()) == produced  # and it stays paused
-            status = httpx.get(server.url + "/health/ready").json()
-            assert status["in_flight"] == 1
+    with server.client() as c, c.stream("POST", "/score", content=json.dumps(body)) as r:
+        it = r.iter_raw()
+        next(it)
+        time.sleep(1.5)  # a reader that stalls: 2,000 x 64 KiB = 128 MiB would be produced unpaused
+        produced = int(progress.read_text())
+        # Paused: what sits in the window, the HTTP process and the socket buffers, not all 2,000.
+        assert produced < 400, produced
+        time.sleep(0.3)
+        assert int(progress.read_text()) == produced  # and it stays paused
+        status = httpx.get(server.url + "/health/ready").json()
+        assert status["in_flight"] == 1
     log = server.log
     # Paused, then cancelled when the reader left: the generator never ran to the end.
     deadline = time.monotonic() + 5
@@ -137,11 +137,10 @@ def test_idle_gap_ends_the_stream(start_server, tmp_path: Path) -> None:  # type
     marker = tmp_path / "closed"
     with server.client() as c:
         got: list[bytes] = []
-        with pytest.raises(httpx.RemoteProtocolError):
-            with c.stream("POST", "/score",
-                          content=json.dumps({"n": 3, "delay_ms": 2000, "marker": str(marker)})) as r:  # fmt: skip
-                for chunk in r.iter_raw():
-                    got.append(chunk)
+        with pytest.raises(httpx.RemoteProtocolError), c.stream("POST", "/score",
+                      content=json.dumps({"n": 3, "delay_ms": 2000, "marker": str(marker)})) as r:  # fmt: skip
+            for chunk in r.iter_raw():
+                got.append(chunk)
         assert got == [b"tok0 "]
         server.wait_for_log("made no progress")
     deadline = time.monotonic() + 5

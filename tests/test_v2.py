@@ -273,7 +273,7 @@ def test_decompressed_body_is_bounded(handler: V2Handler) -> None:
         (infer_body("x", "FP64", [1, 16], [0] * 16), 400, "'x' has datatype FP64"),
         (infer_body("x", "FP32", [1, 15], [0] * 15), 400, "'x' has shape [1, 15]"),
         (infer_body("x", "FP32", [1, 16], [0] * 15), 400, "holds 16 values but data has 15"),
-        (infer_body("x", "FP32", [1, 16], ["a"] * 16), 400, "'x': data is not a list of FP32"),
+        (infer_body("x", "FP32", [1, 16], ["a"] * 16), 400, "'x': FP32 data must be JSON numbers; 'a' at index 0"),
         (infer_body("x", "FP99", [1, 16], [0] * 16), 400, "unknown datatype 'FP99'"),
         (infer_body("x", "FP32", [1, -16], [0] * 16), 400, "'x': shape must be"),
         (infer_body("x", "FP32", "1,16", [0] * 16), 400, "'x': shape must be"),
@@ -314,16 +314,26 @@ def test_binary_framing_errors_are_400(handler: V2Handler) -> None:
         reply = call(handler, "POST", "/v2/models/mlp/infer", body, headers)
         assert reply.status == 400 and needle in as_json(reply)["error"], (needle, reply.body)
     bad_strings = orjson.dumps(
-        {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]}
+        {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "parameters": {"binary_data_size": 14}}]}
     )
     reply = call(
         handler,
         "POST",
         "/v2/models/id_bytes/infer",
-        bad_strings + struct.pack("<I", 99) + b"ab",
+        bad_strings + struct.pack("<I", 99) + b"ab" + bytes(8),
         {"Inference-Header-Content-Length": str(len(bad_strings))},
     )
     assert reply.status == 400 and "malformed BYTES" in as_json(reply)["error"]
+    # Three strings need at least 12 bytes of lengths: refused before anything is unpacked.
+    short = bad_strings.replace(b'"binary_data_size":14', b'"binary_data_size":6')
+    reply = call(
+        handler,
+        "POST",
+        "/v2/models/id_bytes/infer",
+        short + bytes(6),
+        {"Inference-Header-Content-Length": str(len(short))},
+    )
+    assert reply.status == 400 and "3 BYTES values need at least 12 bytes" in as_json(reply)["error"]
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,12 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from server.errors import (
+    ClientDisconnected,
     HeaderTooLarge,
     MethodNotAllowed,
     NotFound,
@@ -28,6 +28,7 @@ from server.errors import (
     Unauthorized,
 )
 from server.http import swagger
+from server.http.connection import ABORTED
 from server.http.responses import (
     RawResponse,
     StreamEnd,
@@ -35,7 +36,6 @@ from server.http.responses import (
     render_error,
     render_reply,
     render_stream,
-    text_response,
 )
 from server.log import AccessLog
 from server.settings import Settings
@@ -66,8 +66,11 @@ class Handlers:
         self.max_body = settings.max_request_bytes
         self.log_access = settings.access_log
         self.log_probes = settings.access_log_probes
-        self._bearer = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+        self.log_query = settings.access_log_query
+        self._api_key = settings.api_key.encode() if settings.api_key else None
         self.access = AccessLog(settings.log_format)
+        # Bodies that ended before their declared length (the client went away): never run.
+        self.incomplete_bodies = 0
 
     # --- helpers -------------------------------------------------------------
     def _scan(self, request: Request) -> tuple[Ids, dict[bytes, bytes]]:
@@ -93,7 +96,13 @@ class Handlers:
         return ids, found
 
     def _check_auth(self, found: dict[bytes, bytes]) -> None:
-        if self._bearer is not None and not hmac.compare_digest(found.get(_AUTH, b""), self._bearer):
+        key = self._api_key
+        if key is None:
+            return
+        # RFC 7235: the scheme is case-insensitive, then one or more spaces. The key comparison
+        # is constant-time and made whatever the scheme is.
+        scheme, _, token = found.get(_AUTH, b"").partition(b" ")
+        if not hmac.compare_digest(token.lstrip(b" "), key) or scheme.lower() != b"bearer":
             raise Unauthorized()
 
     async def _body(self, request: Request, found: dict[bytes, bytes]) -> bytes:
@@ -107,7 +116,7 @@ class Handlers:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise self._cut_short(request, size, declared)
             chunk = message.get("body", b"")
             if chunk:
                 size += len(chunk)
@@ -118,11 +127,25 @@ class Handlers:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def _cut_short(self, request: Request, size: int, declared: bytes | None) -> ScoreHostError:
+        """The error for a body that ended early: the connection layer's reason (a read timeout,
+        a malformed body) if it ended the request, else the client closed the connection."""
+        aborted = request.scope.get(ABORTED)
+        if isinstance(aborted, ScoreHostError):
+            return aborted
+        self.incomplete_bodies += 1
+        expected = f"{int(declared)} declared" if declared is not None and declared.isdigit() else "more expected"
+        return ClientDisconnected(
+            f"Client disconnected after {size} byte(s) of the request body ({expected}); run() was not called. "
+            f"Incomplete bodies so far: {self.incomplete_bodies}."
+        )
+
     def _log(self, request: Request, status: int, started: float, rid: str, size: int) -> None:
         path = request.scope["path"]
-        qs = request.scope["query_string"]
-        if qs:
-            path = f"{path}?{qs.decode('latin-1')}"
+        if self.log_query:
+            qs = request.scope["query_string"]
+            if qs:
+                path = f"{path}?{qs.decode('latin-1')}"
         self.access.write(request.scope["method"], path, status, (time.perf_counter() - started) * 1000.0, size, rid)
 
     # --- /score and /v2 ---------------------------------------------------------
@@ -218,39 +241,6 @@ class Handlers:
             extra={"request_id": ids[0] if ids else "-"},
         )
         return render_error(exc, ids, v2=v2)
-
-    # --- probes --------------------------------------------------------------
-    def _probe(self, request: Request, response: RawResponse) -> RawResponse:
-        if self.log_access and self.log_probes:
-            self._log(request, response.status_code, time.perf_counter(), "-", len(response.body))
-        return response
-
-    async def root(self, request: Request) -> Response:
-        """``GET /``: the reference's liveness answer, ``Healthy``."""
-        live = self.pool.live()
-        return self._probe(request, text_response(200 if live else 503, "Healthy" if live else "Unhealthy"))
-
-    async def live(self, request: Request) -> Response:
-        status = self.pool.status()
-        code = 200 if status["live"] else 503
-        body: dict[str, Any] = {"status": "live" if code == 200 else "failed"}
-        if code != 200:
-            body["message"] = status.get("message") or "No worker can serve requests."
-            body["workers"] = status["detail"]
-        return self._probe(request, json_response(code, body))
-
-    async def ready(self, request: Request) -> Response:
-        status = self.pool.status()
-        code = 200 if status["ready"] else 503
-        extra = [] if code == 200 else [(b"retry-after", b"1")]
-        return self._probe(request, json_response(code, status, extra))
-
-    async def v2_live(self, request: Request) -> Response:
-        return self._probe(request, json_response(200 if self.pool.live() else 503, {"live": self.pool.live()}))
-
-    async def v2_ready(self, request: Request) -> Response:
-        ready = self.pool.ready()
-        return self._probe(request, json_response(200 if ready else 503, {"ready": ready}))
 
     # --- swagger -------------------------------------------------------------
     async def swagger(self, request: Request) -> Response:

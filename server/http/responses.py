@@ -20,6 +20,16 @@ StreamEnd = Callable[[int, int, str | None], None]
 
 SERVER_VERSION = ("x-ms-server-version", f"scorehost/{__version__}")
 _RAW_VERSION = (b"x-ms-server-version", SERVER_VERSION[1].encode())
+# The server-version header on every response, or none (SERVER_VERSION_LOG_RESPONSE_ENABLED=false).
+_VERSION: tuple[tuple[bytes, bytes], ...] = (_RAW_VERSION,)
+
+
+def send_server_version(enabled: bool) -> None:
+    """Set once at start-up from ``settings.server_version_header``."""
+    global _VERSION
+    _VERSION = (_RAW_VERSION,) if enabled else ()
+
+
 _TRUE, _FALSE = b"True", b"False"
 _JSON = b"application/json"
 
@@ -44,7 +54,7 @@ def id_headers(ids: tuple[str, str | None, str | None]) -> list[tuple[bytes, byt
         (b"x-request-id", rid_b),
         (b"x-ms-request-id", client_b),
         (b"x-ms-client-request-id", client_b),
-        _RAW_VERSION,
+        *_VERSION,
     ]
     if trace:
         headers.append((b"traceid", trace.encode()))
@@ -98,7 +108,7 @@ def render_error(
 ) -> RawResponse:
     """The one renderer of errors: any exception, via :func:`server.errors.error_body`."""
     status, body, extra, run_failed = error_body(exc, v2=v2)
-    headers = id_headers(ids) if ids else [_RAW_VERSION]
+    headers = id_headers(ids) if ids else [*_VERSION]
     headers.append((b"content-type", _JSON))
     headers.append((b"x-ms-run-function-failed", _TRUE if run_failed else _FALSE))
     for name, value in extra.items():
@@ -107,9 +117,9 @@ def render_error(
 
 
 def json_response(status: int, payload: object, extra: list[tuple[bytes, bytes]] | None = None) -> RawResponse:
-    headers = [(b"content-type", _JSON), _RAW_VERSION, *(extra or [])]
+    headers = [(b"content-type", _JSON), *_VERSION, *(extra or [])]
     return RawResponse(status, orjson.dumps(payload), headers)
 
 
 def text_response(status: int, text: str, content_type: bytes = b"text/html; charset=utf-8") -> RawResponse:
-    return RawResponse(status, text.encode(), [(b"content-type", content_type), _RAW_VERSION])
+    return RawResponse(status, text.encode(), [(b"content-type", content_type), *_VERSION])

@@ -2,32 +2,41 @@
 and shut down in the right order.
 
 SIGTERM (or the first Ctrl-C):
-1. readiness turns 503 at once, so load balancers stop sending new traffic;
-2. requests are still served for ``shutdown_delay_s`` (load balancers notice late);
-3. the listening socket closes and in-flight requests finish, within
-   ``graceful_timeout_s``;
+1. readiness (and ``GET /``) turns 503 at once, so load balancers stop sending new traffic;
+2. requests are still served for ``shutdown_delay_s`` (0 by default; the Kubernetes
+   manifests and images set it, since load balancers notice late);
+3. the listening sockets close at once (an idle server frees its port within
+   milliseconds) and in-flight requests finish, within ``graceful_timeout_s``;
 4. workers get STOP, finish their calls, exit; the process exits 0.
 A second signal skips the waiting. If no worker ever became ready because the
-script or init() failed, the process exits 3, as the reference server does.
+script or init() failed, the process exits 3, as the reference server does. A port
+that is taken is one error line and exit 3, before any worker starts.
+
+With ``separate_health_endpoint`` a second socket, on ``health_port``, is served by the
+same uvicorn server; requests arriving there get the probes only (see
+:func:`server.http.app.create_app`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
 
 from server import log
+from server.entry.environment import worker_environment
 from server.gctune import tune_gc
 from server.http.app import create_app
-from server.http.connection import CoalescingHttpToolsProtocol
-from server.settings import Settings
+from server.http.connection import Limits, drain, protocol_class
+from server.settings import NEVER_WEDGED_MS, Settings
 from server.workers.pool import WorkerPool
 
 logger = logging.getLogger("scorehost")
@@ -38,10 +47,17 @@ EXIT_START_FAILED = 3
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, pool: WorkerPool, settings: Settings) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        pool: WorkerPool,
+        settings: Settings,
+        listeners: Sequence[socket.socket] = (),
+    ) -> None:
         super().__init__(config)
         self.pool = pool
         self.settings = settings
+        self.listeners = list(listeners)
         self.exit_code = EXIT_OK
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -58,6 +74,7 @@ class _Server(uvicorn.Server):
             self.force_exit = True
             return
         self.pool.draining = True
+        drain(self.server_state.connections)  # every response from now on says Connection: close
         delay = self.settings.shutdown_delay_s
         logger.info(
             "Received %s: readiness is 503 now; serving for %.1f s more, then draining in-flight "
@@ -71,6 +88,15 @@ class _Server(uvicorn.Server):
     def _begin_exit(self) -> None:
         logger.info("Draining: no new connections; waiting for in-flight requests")
         self.should_exit = True
+        self.close_listeners()
+
+    def close_listeners(self) -> None:
+        """Stop accepting and free the ports now, not at uvicorn's next tick (up to 0.1 s
+        later): a restarted server, or the next pod on this node, can bind at once."""
+        for server in getattr(self, "servers", []):
+            server.close()
+        for sock in self.listeners:
+            sock.close()
 
     def fatal(self, message: str) -> None:
         self.exit_code = EXIT_START_FAILED
@@ -80,11 +106,26 @@ class _Server(uvicorn.Server):
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    try:
+        # NOTE: SO_REUSEADDR lets a restarted server bind over connections of the old one
+        # in TIME_WAIT; on Linux it never lets two servers listen on one port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(False)
     return sock
+
+
+def _bind_error(what: str, host: str, port: int, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        reason = "the port is already in use (another server is listening there)"
+    elif exc.errno == errno.EACCES:
+        reason = "permission denied (ports below 1024 need privileges)"
+    return f"Cannot listen on {host}:{port}{what}: {reason}"
 
 
 def _preflight(settings: Settings) -> str | None:
@@ -102,42 +143,123 @@ def _preflight(settings: Settings) -> str | None:
     return None
 
 
-def serve(settings: Settings) -> int:
-    """Run the server until it is stopped; returns the process exit code."""
-    log.configure(settings.log_level, settings.log_format)
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def banner(settings: Settings, port: int, health_port: int | None) -> list[str]:
+    """The reference's "Server Settings" and "Server Routes" blocks, line for line, with our
+    effective values (the reference prints its raw environment)."""
+    none = "None"
+    entry = settings.resolved_entry_script(os.getcwd())
+    kill_ms = settings.scoring_timeout_ms + settings.wedged_after_ms
+    worker_timeout = "0" if settings.wedged_after_ms >= NEVER_WEDGED_MS else f"{kill_ms / 1000:g}"
+    probe_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else _shown(settings.host)
+    cors = f"Enabling CORS for {','.join(settings.cors_origins)}" if settings.cors_origins else none
+    return [
+        "",
+        "Server Settings",
+        "---------------",
+        f"Entry Script Name: {entry or none}",
+        f"Model Directory: {settings.model_dir if settings.model_dir is not None else none}",
+        f"Config File: {settings.config_file or none}",
+        f"Worker Count: {settings.workers}",
+        f"Worker Timeout (seconds): {worker_timeout}",
+        f"Server Port: {port}",
+        f"Health Port: {health_port if health_port is not None else port}",
+        f"Application Insights Enabled: {'true' if settings.app_insights_active() else 'false'}",
+        f"Application Insights Key: {'AppInsights key provided' if settings.app_insights_key else none}",
+        f"Inferencing HTTP server version: {'scorehost/' + _version() if settings.server_version_header else none}",
+        f"CORS for the specified origins: {cors}",
+        f"Create dedicated endpoint for health: {'true' if settings.separate_health_endpoint else none}",
+        "",
+        "",
+        "Server Routes",
+        "---------------",
+        f"Liveness Probe: GET   {probe_host}:{health_port if health_port is not None else port}/",
+        f"Score:          POST  {probe_host}:{port}/score",
+        "",
+    ]
+
+
+def _print_banner(settings: Settings, lines: list[str]) -> None:
+    """Plain lines, as the reference prints them; one log record per line in JSON mode."""
+    if settings.log_format == "json":
+        for line in lines:
+            if line:
+                logger.info("%s", line)
+        return
+    handler = next((h for h in logging.getLogger().handlers if isinstance(h, log.DeferredFlushHandler)), None)
+    text = "\n".join(lines) + "\n"
+    if handler is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with handler.lock:  # type: ignore[union-attr]
+        handler.stream.write(text)
+    handler.flush()
+
+
+def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
+    """Run the server until it is stopped; returns the process exit code. ``warnings``: lines
+    the CLI found while reading the settings (a config file's unknown keys ...)."""
+    try:
+        log.configure_from(settings)
+    except log.LoggingFileError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
     # NOTE: this process runs no user code, so the caller's file and line in log
     # records are never needed; skipping the stack walk saves microseconds per line.
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
+    for line in warnings:
+        logger.warning("%s", line)
     problem = _preflight(settings)
     if problem:
         logger.error("%s", problem)
         return EXIT_START_FAILED
+    if settings.model_dir and not os.path.isdir(settings.model_dir) and settings.entry_script:
+        logger.warning(
+            "Model directory %s does not exist; AZUREML_MODEL_DIR is passed to the script as given", settings.model_dir
+        )
+    listeners: list[socket.socket] = []
     try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:
-        logger.error("Cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        logger.error("%s", _bind_error("", settings.host, settings.port, exc))
         return EXIT_START_FAILED
+    listeners.append(sock)
     host, port = sock.getsockname()[:2]
+    health_port: int | None = None
+    if settings.separate_health_endpoint:
+        try:
+            health_sock = bind(settings.host, settings.health_port)
+        except OSError as exc:
+            sock.close()
+            logger.error("%s", _bind_error(" (health port)", settings.host, settings.health_port, exc))
+            return EXIT_START_FAILED
+        listeners.append(health_sock)
+        health_port = health_sock.getsockname()[1]
     pool = WorkerPool(settings)
-    app = create_app(settings, pool)
+    # The script's environment, as the reference's launcher leaves it (secrets left out).
+    pool.worker_env = worker_environment(settings, os.environ, os.getcwd(), port=port, health_port=health_port)
+    app = create_app(settings, pool, health_port=health_port)
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
+        http=protocol_class(Limits.from_settings(settings, health_port), pool),
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)),
-        timeout_keep_alive=5,
+        timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),  # our protocol's sweep enforces it
         backlog=2048,
     )
-    server = _Server(config, pool, settings)
+    server = _Server(config, pool, settings, listeners)
     pool.on_fatal = server.fatal
-    shown = f"[{host}]" if ":" in host else host
     logger.info(
         "scorehost %s: %d worker(s), %d concurrent call(s), queue %d / %d ms, timeout %d ms",
         _version(),
@@ -147,12 +269,16 @@ def serve(settings: Settings) -> int:
         settings.max_queue_wait_ms,
         settings.scoring_timeout_ms,
     )
-    logger.info("Listening on http://%s:%d", shown, port)
+    _print_banner(settings, banner(settings, port, health_port))
+    logger.info("Listening on http://%s:%d", _shown(host), port)
+    if health_port is not None:
+        logger.info("Health probes on http://%s:%d", _shown(host), health_port)
     tune_gc()
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=listeners)
     finally:
-        sock.close()
+        for listener in listeners:
+            listener.close()
     if pool.fatal:
         logger.error("Exiting: %s", pool.fatal)
         return EXIT_START_FAILED

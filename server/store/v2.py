@@ -18,14 +18,17 @@ tritonclient uses by default, as raw bytes after the JSON header: the request's
 ``parameters.binary_data_size`` its byte count; outputs come back binary when the
 request sets ``parameters.binary_data_output`` or an output's ``parameters.binary_data``.
 
-``handle`` never raises: every failure is a Reply with ``{"error": "..."}``, the
-body tritonclient parses. This module knows nothing of the HTTP server.
+``handle`` never raises: every failure is a Reply rendered by
+:func:`server.errors.error_body`, ``{"message": "...", "error": "..."}`` (``error`` is what
+tritonclient parses). Every part of a request is untrusted: a malformed one is a 4xx naming
+what is wrong, never a 500, and nothing is allocated from a client's size before it is
+checked against the body (tensor decoding: :mod:`server.store.tensors`). This module knows
+nothing of the HTTP server.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import time
 import uuid
 import zlib
@@ -48,8 +51,19 @@ from server.errors import (
     UnsupportedMediaType,
 )
 from server.settings import Settings
-from server.store.sessions import ONNX_TYPES
 from server.store.store import Model, ModelState, ModelStore
+from server.store.tensors import (
+    DATATYPES,
+    Span,
+    check_shape,
+    from_binary,
+    from_json,
+    from_span,
+    loads,
+    pack_strings,
+    parse_request,
+    show,
+)
 from server.workers.protocol import Reply
 
 logger = logging.getLogger(__name__)
@@ -58,10 +72,10 @@ _JSON = "application/json"
 _BINARY = "application/octet-stream"
 _HEADER_LENGTH = "inference-header-content-length"
 
-# Open Inference Protocol datatype -> numpy dtype: the ONNX type table, read the other way.
-DATATYPES: dict[str, np.dtype[Any]] = dict(ONNX_TYPES.values())
 _NUMPY_TO_V2 = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
-_U32 = struct.Struct("<I")
+_MAX_HEADER_DIGITS = 19  # Inference-Header-Content-Length: any body length fits
+
+__all__ = ["DATATYPES", "V2Handler"]
 
 
 class V2Handler:
@@ -93,6 +107,10 @@ class V2Handler:
             return self._route(method, path, body, headers or {}, request_id)
         except ScoreHostError as exc:
             return Reply.from_error(exc, v2=True)
+        except MemoryError:
+            # Every allocation here is bounded by the body's size; this one still did not fit.
+            logger.warning("V2 %s %s: out of memory", method, path)
+            return Reply.from_error(PayloadTooLarge("the request does not fit in the memory available"), v2=True)
         except Exception as exc:
             # Internal text (paths, exception details) goes to the log, not to the client.
             logger.exception("V2 %s %s failed", method, path)
@@ -160,7 +178,7 @@ class V2Handler:
         )
 
     def _index(self, body: bytes) -> Reply:
-        request = _parse_json(body) if body.strip() else {}
+        request = loads(body) if body.strip() else {}
         if not isinstance(request, dict):
             raise BadRequest("the repository index request must be a JSON object")
         only_ready = bool(request.get("ready", False))
@@ -182,34 +200,43 @@ class V2Handler:
         header_length = lowered.get(_HEADER_LENGTH)
         binary: memoryview | None = None
         if header_length is not None:
-            try:
-                split = int(header_length)
-            except ValueError:
-                raise BadRequest(f"Inference-Header-Content-Length is not a number: {header_length!r}") from None
-            if not 0 <= split <= len(body):
+            text = header_length.strip()
+            # int() alone would also take "1_0", non-ASCII digits and 4,000-digit numbers.
+            if not (text.isascii() and text.isdigit() and len(text) <= _MAX_HEADER_DIGITS):
+                raise BadRequest(f"Inference-Header-Content-Length is not a number: {show(header_length)}")
+            split = int(text)
+            if split > len(body):
                 raise BadRequest(f"Inference-Header-Content-Length {split} is outside the {len(body)}-byte body")
             binary = memoryview(body)[split:]
-            body = body[:split]
-        request = _parse_json(body)
+            request, spans = parse_request(body[:split])
+        else:
+            request, spans = parse_request(body)
         if not isinstance(request, dict):
             raise BadRequest("the inference request must be a JSON object")
+        request_id = request.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise BadRequest(f"'id' must be a string, not {show(request_id)}")
         parameters = _object(request.get("parameters"), "parameters")
-        feed = _decode_inputs(model, request.get("inputs"), binary)
-        names, as_binary = _requested_outputs(model, request.get("outputs"), parameters)
+        binary_default = _flag(parameters, "binary_data_output", "parameters")
+        names, as_binary = _requested_outputs(model, request.get("outputs"), binary_default)
+        items = request.pop("inputs", None)
+        del request  # the decoded inputs replace the parsed data; keep neither twice
+        feed = self._decode_inputs(model, items, binary, body, spans)
+        del items
         started = time.perf_counter()
         results = model.run(feed, names)
         exec_ms = (time.perf_counter() - started) * 1000.0
-        request_id = request.get("id")
+        del feed
         if request_id is None:
             request_id = call_id or lowered.get("x-request-id") or str(uuid.uuid4())
         outputs: list[dict[str, Any]] = []
-        blobs: list[bytes] = []
+        blobs: list[Any] = []
         for out_name, value in results.items():
             outputs.append(_encode_output(out_name, value, out_name in as_binary, blobs))
         payload = {
             "model_name": model.name,
             "model_version": model.version,
-            "id": str(request_id),
+            "id": request_id,
             "outputs": outputs,
         }
         head = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -223,8 +250,73 @@ class V2Handler:
             exec_ms=exec_ms,
         )
 
+    def _decode_inputs(
+        self, model: Model, items: Any, binary: memoryview | None, body: bytes, spans: dict[str, Span]
+    ) -> dict[str, Any]:
+        if not isinstance(items, list) or not items:
+            raise BadRequest("'inputs' must be a non-empty list of tensors")
+        feed: dict[str, Any] = {}
+        offset = 0
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise BadRequest("each input must be an object with a name, shape, datatype and data")
+            name: str = item["name"]
+            spec = model.inputs.get(name)
+            if spec is None:
+                raise InvalidInput(f"model {model.name!r} has no input {show(name)}; inputs: {list(model.inputs)}")
+            if name in feed:
+                raise InvalidInput(f"input {name!r} is given twice")
+            shape, count = check_shape(name, item.get("shape"), self._max_bytes)
+            datatype = item.get("datatype")
+            if not isinstance(datatype, str) or datatype not in DATATYPES:
+                raise InvalidInput(f"input {name!r}: unknown datatype {show(datatype)}; known: {list(DATATYPES)}")
+            if datatype != spec.datatype:
+                raise InvalidInput(
+                    f"input {name!r} has datatype {datatype}; model {model.name!r} expects {spec.datatype}"
+                )
+            if spec.shape and not _fits(shape, spec.shape):
+                # Model.run checks this too; here it comes before any array is made.
+                raise InvalidInput(
+                    f"input {name!r} has shape {shape}; model {model.name!r} expects {list(spec.shape)} (-1: any size)"
+                )
+            size = _object(item.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
+            try:
+                if size is not None:
+                    if binary is None:
+                        raise BadRequest(
+                            f"input {name!r} has binary_data_size but the request has no "
+                            "Inference-Header-Content-Length header"
+                        )
+                    if type(size) is not int or size < 0:
+                        raise InvalidInput(f"input {name!r}: binary_data_size must be an integer >= 0")
+                    if offset + size > len(binary):
+                        raise InvalidInput(f"input {name!r}: binary data runs past the end of the body")
+                    feed[name] = from_binary(name, datatype, shape, count, binary[offset : offset + size])
+                    offset += size
+                elif "data" in item:
+                    data = item.pop("data")
+                    if spans and type(data) is str and data in spans:
+                        feed[name] = from_span(name, datatype, shape, count, body, spans[data])
+                    else:
+                        feed[name] = from_json(name, datatype, shape, count, data)
+                    del data
+                else:
+                    raise InvalidInput(f"input {name!r} has neither data nor binary_data_size")
+            except MemoryError:
+                raise PayloadTooLarge(f"input {name!r}: {count} {datatype} values do not fit in memory") from None
+            except (TypeError, ValueError, OverflowError) as exc:
+                # Not expected (every value was checked): still the client's input, and a 400.
+                logger.warning("V2 input %r of model %r: %s", name, model.name, exc)
+                raise InvalidInput(f"input {name!r}: data does not fit shape {shape} of {datatype}") from None
+        if binary is not None and offset != len(binary):
+            raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+        return feed
+
     def _decompress(self, body: bytes, encoding: str | None) -> bytes:
-        if encoding is None or encoding in ("identity", ""):
+        if encoding is None:
+            return body
+        encoding = encoding.strip().lower()
+        if encoding in ("identity", ""):
             return body
         if encoding not in ("gzip", "deflate"):
             raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
@@ -240,13 +332,6 @@ class V2Handler:
 
 
 # --- request decoding ------------------------------------------------------------------------
-def _parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
-
-
 def _object(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -255,109 +340,25 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _decode_inputs(model: Model, items: Any, binary: memoryview | None) -> dict[str, Any]:
-    if not isinstance(items, list) or not items:
-        raise BadRequest("'inputs' must be a non-empty list of tensors")
-    feed: dict[str, Any] = {}
-    offset = 0
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise BadRequest("each input must be an object with a name, shape, datatype and data")
-        name: str = item["name"]
-        spec = model.inputs.get(name)
-        if spec is None:
-            raise InvalidInput(f"model {model.name!r} has no input {name!r}; inputs: {list(model.inputs)}")
-        if name in feed:
-            raise InvalidInput(f"input {name!r} is given twice")
-        shape = item.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise InvalidInput(f"input {name!r}: shape must be a list of integers >= 0")
-        datatype = item.get("datatype")
-        if datatype not in DATATYPES:
-            raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; known: {list(DATATYPES)}")
-        if datatype != spec.datatype:
-            raise InvalidInput(f"input {name!r} has datatype {datatype}; model {model.name!r} expects {spec.datatype}")
-        size = _object(item.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
-        if size is not None:
-            if binary is None:
-                raise BadRequest(
-                    f"input {name!r} has binary_data_size but the request has no Inference-Header-Content-Length header"
-                )
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise InvalidInput(f"input {name!r}: binary_data_size must be an integer >= 0")
-            if offset + size > len(binary):
-                raise InvalidInput(f"input {name!r}: binary data runs past the end of the body")
-            feed[name] = _from_binary(name, datatype, shape, binary[offset : offset + size])
-            offset += size
-        elif "data" in item:
-            feed[name] = _from_json(name, datatype, shape, item["data"])
-        else:
-            raise InvalidInput(f"input {name!r} has neither data nor binary_data_size")
-    if binary is not None and offset != len(binary):
-        raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
-    return feed
+def _fits(shape: list[int], expected: tuple[int, ...]) -> bool:
+    """Whether a shape matches a model's (-1: any size)."""
+    if len(shape) != len(expected):
+        return False
+    for d, e in zip(shape, expected, strict=True):  # noqa: SIM110 (a loop: no generator on the hot path)
+        if e >= 0 and d != e:
+            return False
+    return True
 
 
-def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> Any:
-    count = _count(shape)
-    try:
-        if datatype == "BYTES":
-            array = np.array(data, dtype=object)
-            if not all(isinstance(v, str) for v in array.flat):
-                raise ValueError("BYTES data must be strings")
-        else:
-            array = np.asarray(data, dtype=DATATYPES[datatype])
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidInput(f"input {name!r}: data is not a list of {datatype} values ({exc})") from exc
-    if array.size != count:
-        raise InvalidInput(f"input {name!r}: shape {shape} holds {count} values but data has {array.size}")
-    return array.reshape(shape)
+def _flag(parameters: dict[str, Any], key: str, what: str) -> bool | None:
+    value = parameters.get(key)
+    if value is not None and type(value) is not bool:
+        raise BadRequest(f"{what}.{key} must be true or false, not {show(value)}")
+    return value
 
 
-def _from_binary(name: str, datatype: str, shape: list[int], chunk: memoryview) -> Any:
-    count = _count(shape)
-    if datatype == "BYTES":
-        values = _unpack_strings(name, chunk)
-        if len(values) != count:
-            raise InvalidInput(f"input {name!r}: shape {shape} holds {count} values but data has {len(values)}")
-        return np.array(values, dtype=object).reshape(shape)
-    dtype = DATATYPES[datatype]
-    if len(chunk) != count * dtype.itemsize:
-        raise InvalidInput(
-            f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, got {len(chunk)}"
-        )
-    # Zero-copy and read-only; onnxruntime only reads inputs.
-    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
-
-
-def _unpack_strings(name: str, chunk: memoryview) -> list[str]:
-    values: list[str] = []
-    pos, end = 0, len(chunk)
-    try:
-        while pos < end:
-            (length,) = _U32.unpack_from(chunk, pos)
-            pos += 4
-            if pos + length > end:
-                raise ValueError("an element runs past the end of its data")
-            values.append(bytes(chunk[pos : pos + length]).decode("utf-8"))
-            pos += length
-    except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise InvalidInput(f"input {name!r}: malformed BYTES data ({exc})") from exc
-    return values
-
-
-def _count(shape: list[int]) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count
-
-
-def _requested_outputs(model: Model, items: Any, parameters: dict[str, Any]) -> tuple[list[str] | None, set[str]]:
+def _requested_outputs(model: Model, items: Any, binary_default: bool | None) -> tuple[list[str] | None, set[str]]:
     """Output names to compute (None: all) and the ones to send as binary."""
-    binary_default = parameters.get("binary_data_output") is True
     if items is None:
         return None, set(model.outputs) if binary_default else set()
     if not isinstance(items, list):
@@ -369,8 +370,9 @@ def _requested_outputs(model: Model, items: Any, parameters: dict[str, Any]) -> 
             raise BadRequest("each requested output must be an object with a name")
         name: str = item["name"]
         if name not in model.outputs:
-            raise InvalidInput(f"model {model.name!r} has no output {name!r}; outputs: {list(model.outputs)}")
-        flag = _object(item.get("parameters"), f"output {name!r} parameters").get("binary_data")
+            raise InvalidInput(f"model {model.name!r} has no output {show(name)}; outputs: {list(model.outputs)}")
+        what = f"output {name!r} parameters"
+        flag = _flag(_object(item.get("parameters"), what), "binary_data", what)
         if flag is True or (flag is None and binary_default):
             as_binary.add(name)
         if name not in names:
@@ -379,7 +381,7 @@ def _requested_outputs(model: Model, items: Any, parameters: dict[str, Any]) -> 
 
 
 # --- response encoding ---------------------------------------------------------------------------
-def _encode_output(name: str, value: Any, binary: bool, blobs: list[bytes]) -> dict[str, Any]:
+def _encode_output(name: str, value: Any, binary: bool, blobs: list[Any]) -> dict[str, Any]:
     if not isinstance(value, np.ndarray):
         raise InternalError(
             f"output {name!r} is a {type(value).__name__} (an ONNX sequence or map), which the Open "
@@ -391,7 +393,8 @@ def _encode_output(name: str, value: Any, binary: bool, blobs: list[bytes]) -> d
         raise InternalError(f"output {name!r} has dtype {value.dtype}, which has no V2 datatype")
     out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(value.shape)}
     if binary:
-        raw = _pack_strings(value) if strings else np.ascontiguousarray(value).tobytes()
+        # A contiguous array's memoryview: the one copy is the response's join.
+        raw = pack_strings(value) if strings else np.ascontiguousarray(value).data.cast("B")
         out["parameters"] = {"binary_data_size": len(raw)}
         blobs.append(raw)
     elif strings:
@@ -399,15 +402,6 @@ def _encode_output(name: str, value: Any, binary: bool, blobs: list[bytes]) -> d
     else:
         out["data"] = np.ascontiguousarray(value).reshape(-1)
     return out
-
-
-def _pack_strings(value: Any) -> bytes:
-    parts: list[bytes] = []
-    for v in value.flat:
-        raw = v if isinstance(v, bytes) else str(v).encode("utf-8")
-        parts.append(_U32.pack(len(raw)))
-        parts.append(raw)
-    return b"".join(parts)
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -373,15 +373,21 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent)
     settings = Settings.model_validate_json(os.environ.pop(protocol.SETTINGS_ENV))
     settings_module.install(settings)  # get_store() and friends see the HTTP process's settings
-    log.configure(settings.log_level, settings.log_format, stream=sys.stdout)
+    sock = socket.socket(fileno=args.fd)
+    channel = _Channel(sock)
+    try:
+        log.configure_from(settings, stream=sys.stdout)  # the user's logging.json too, as the reference
+    except log.LoggingFileError as exc:
+        log.configure(settings.log_level, settings.log_format, stream=sys.stdout)
+        logger.error("Worker %d failed to start: %s", args.index, exc)
+        channel.send(protocol.encode_message(Kind.FAILED, {"message": str(exc)}))
+        return EXIT_INIT_FAILED
     # The parent coordinates shutdown: a Ctrl-C or SIGTERM sent to the whole process
     # group must not kill calls that the parent is still draining.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.stdout = log.PrintToLog()
 
-    sock = socket.socket(fileno=args.fd)
-    channel = _Channel(sock)
     host = Host(settings, channel)
     try:
         host.load()
