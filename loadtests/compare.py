@@ -34,7 +34,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="environment for scorehost (default: scorehost's own defaults, access log on, as azmlinfsrv logs too)",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:SPEC",
+        help="an extra scorehost system to list in --systems: NAME:@PATH runs scorehost from another checkout "
+        "(before/after), NAME:KEY=VALUE[,KEY=VALUE] adds environment (a feature on against off)",
+    )
     p.add_argument("--aml-venv", type=Path, default=servers.AML_VENV)
     p.add_argument("--no-install", action="store_true", help="do not create the azmlinfsrv venv or install wrk")
     p.add_argument("--out", type=Path, help="result folder (default loadtests/results/compare-<time>)")
@@ -175,14 +183,39 @@ def _plan(args: argparse.Namespace) -> tuple[dict[str, Workload], list[str], lis
     for w in wl_names:
         if w not in all_wls:
             raise SystemExit(f"unknown workload {w!r}; choose from {', '.join(all_wls)}")
+    known = [*servers.SYSTEMS, *variants(args)]
     for s in systems:
-        if s not in servers.SYSTEMS:
-            raise SystemExit(f"unknown system {s!r}; choose from {', '.join(servers.SYSTEMS)}")
+        if s not in known:
+            raise SystemExit(f"unknown system {s!r}; choose from {', '.join(known)}")
     if not servers.EXAMPLE_SCRIPT.exists() and any(all_wls[w].script == "model" for w in wl_names):
         raise SystemExit("examples/score.py is missing; run with --workloads echo")
     if args.rounds < 1 or args.duration <= 0:
         raise SystemExit("--rounds must be >= 1 and --duration > 0")
     return {w: all_wls[w] for w in wl_names}, systems, concs, gens
+
+
+@dataclass
+class Variant:
+    """A scorehost system with its own checkout or environment (see --variant)."""
+
+    checkout: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def variants(args: argparse.Namespace) -> dict[str, Variant]:
+    out: dict[str, Variant] = {}
+    for item in args.variant:
+        name, sep, spec = item.partition(":")
+        if not sep or not name or name in servers.SYSTEMS:
+            raise SystemExit(f"--variant {item!r}: expected NAME:@PATH or NAME:KEY=VALUE[,KEY=VALUE], NAME new")
+        if spec.startswith("@"):
+            checkout = Path(spec[1:]).resolve()
+            if not (checkout / "server" / "__main__.py").exists():
+                raise SystemExit(f"--variant {item!r}: {checkout} is not a scorehost checkout")
+            out[name] = Variant(checkout=checkout)
+        else:
+            out[name] = Variant(env=servers.env_pairs(spec.split(","), "--variant"))
+    return out
 
 
 def _meta(args: argparse.Namespace, wls: dict[str, Workload], sh_env: dict[str, str], aml: bool) -> dict[str, Any]:
@@ -278,19 +311,25 @@ def main(argv: list[str] | None = None) -> int:
     if "wrk" in gens:
         meta["versions"]["wrk"] = generators.wrk_version()
     running: dict[tuple[str, str], servers.Server] = {}
+    extra = variants(args)
+    meta["variants"] = {
+        k: {"checkout": str(v.checkout) if v.checkout else None, "env": v.env} for k, v in extra.items()
+    }
     try:
         for system in systems:
+            variant = extra.get(system)
             for script in sorted({w.script for w in wls.values()}):
                 running[(system, script)] = servers.start(
-                    system,
+                    "scorehost" if variant else system,
                     entry_script=SCRIPTS[script],
                     model_dir=servers.EXAMPLE_MODEL_DIR,
                     log_path=out / "logs" / f"{system}-{script}.log",
-                    env=sh_env if system == "scorehost" else None,
+                    env={**sh_env, **variant.env} if variant else sh_env if system == "scorehost" else None,
                     cpus=args.server_cpus,
                     aml_python=aml_python,
                     name=f"{system}-{script}",
                     timeout_s=180,
+                    checkout=variant.checkout if variant else None,
                 )
         meta["pinning_verified"] = all(s.pinned() for s in running.values())
         _check_bodies(wls, systems, running)

@@ -32,6 +32,8 @@ EXAMPLE_SCRIPT = REPO / "examples" / "score.py"
 EXAMPLE_MODEL_DIR = REPO / "examples" / "model"
 ECHO_SCRIPT = HERE / "scripts" / "echo.py"
 SLEEPER_SCRIPT = HERE / "scripts" / "sleeper.py"
+STREAMER_SCRIPT = HERE / "scripts" / "streamer.py"
+SIZER_SCRIPT = HERE / "scripts" / "sizer.py"
 AML_VENV = HERE / ".venv-aml"
 AML_PACKAGE = "azureml-inference-server-http==1.5.1"
 # How often a starting server is asked whether it is ready: often enough that
@@ -183,14 +185,22 @@ def command(
     port: int,
     workers: int | None = None,
     aml_python: Path | None = None,
+    checkout: Path | None = None,
 ) -> tuple[list[str], str]:
-    """(command, readiness path) of one system on 127.0.0.1:``port``."""
+    """(command, readiness path) of one system on 127.0.0.1:``port``.
+
+    ``checkout``: run scorehost from another checkout of this repository (an older commit,
+    for before/after figures) with this virtualenv's interpreter, as ``python -m server``.
+    """
     args = []
     if entry_script is not None:
         args += ["--entry_script", str(entry_script)]
     if model_dir is not None:
         args += ["--model_dir", str(model_dir)]
     args += ["--port", str(port)]
+    if system == "scorehost" and checkout is not None:
+        extra = ["--worker_count", str(workers)] if workers else []
+        return [venv_python(), "-m", "server", "serve", "--host", "127.0.0.1", *args, *extra], "/health/ready"
     if system == "scorehost":
         exe = scorehost_bin()
         if exe is None:
@@ -219,12 +229,19 @@ def start(
     aml_python: Path | None = None,
     name: str | None = None,
     timeout_s: float = 90.0,
+    checkout: Path | None = None,
 ) -> Server:
     """Start ``system`` on a free port, wait until it is ready, then pin all its threads."""
     name = name or system
     port = free_port()
     cmd, ready_path = command(
-        system, entry_script=entry_script, model_dir=model_dir, port=port, workers=workers, aml_python=aml_python
+        system,
+        entry_script=entry_script,
+        model_dir=model_dir,
+        port=port,
+        workers=workers,
+        aml_python=aml_python,
+        checkout=checkout,
     )
     cmd = cpu.taskset_prefix(cpus) + cmd
     env = dict(env or {})
@@ -237,7 +254,7 @@ def start(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         env={**os.environ, **env},
-        cwd=str(REPO),
+        cwd=str(checkout or REPO),
         # Own process group, so stopping it also stops the workers it forked.
         start_new_session=True,
     )

@@ -199,10 +199,12 @@ def load_settings(argv: list[str], command: str = "scorehost") -> Loaded:
     """Flags, environment and config file -> settings. Raises :class:`SettingsError` with one line."""
     from pydantic import ValidationError
 
+    from server.cpus import available_cpus
     from server.settings import Settings
 
     args = parse_args(argv, command)
-    defaults = COMMAND_DEFAULTS[command]
+    # Measured once, here: the default concurrency (SCOREHOST_CPUS overrides it).
+    defaults = {**COMMAND_DEFAULTS[command], "cpus": available_cpus()}
     explicit = args.pop("config_file", None)
     file_values: dict[str, Any] = {}
     warnings: list[str] = []

@@ -61,22 +61,6 @@ def _lenient_bool(value: object) -> object:
     return value
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (affinity mask, then the cgroup v2 quota)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        cpus = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
-            quota, period = f.read().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
-
-
 class Settings(BaseSettings):
     """Runtime configuration. Every field documents its Azure ML equivalent."""
 
@@ -137,14 +121,21 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, validation_alias=_env("workers", "WORKER_COUNT"))
     """Worker processes that each load the script and run ``init()`` (Azure ML ``WORKER_COUNT``)."""
 
+    cpus: int = Field(1, ge=1, le=4096, validation_alias=_env("cpus"))
+    """CPUs available to the container: the default of ``max_concurrent_requests`` and
+    ``model_load_concurrency``. The CLI measures it once at start-up (affinity mask, then the cgroup
+    quota; :func:`server.cpus.available_cpus`); set it to override the measurement."""
+
     max_concurrent_requests: int = Field(
-        default_factory=available_cpus,
+        # Every worker needs a slot: with more workers than CPUs, each gets one.
+        default_factory=lambda data: max(data["cpus"], data["workers"]),
         ge=1,
         le=10_000,
         validation_alias=_env("max_concurrent_requests", "REPLICA_MAX_CONCURRENT_REQUESTS"),
     )
     """Scoring calls in flight per container (Azure ML ``replica_max_concurrent_requests``).
-    Default: the CPUs available to the container. Spread over the workers as slots."""
+    Default: ``cpus`` (the CPUs available to the container), at least one per worker. Spread over
+    the workers as slots."""
 
     max_queue_length: int = Field(256, ge=0, le=1_000_000, validation_alias=_env("max_queue_length"))
     """Requests that may wait for a slot; beyond it a request is refused at once with 503."""
@@ -275,9 +266,12 @@ class Settings(BaseSettings):
     """Most models the store accepts under ``model_dir``; more is a start-up error."""
 
     model_load_concurrency: int = Field(
-        default_factory=available_cpus, ge=1, le=256, validation_alias=_env("model_load_concurrency")
+        default_factory=lambda data: min(256, data["cpus"]),
+        ge=1,
+        le=256,
+        validation_alias=_env("model_load_concurrency"),
     )
-    """Models loaded in parallel at start-up."""
+    """Models loaded in parallel at start-up. Default: ``cpus``."""
 
     lazy_models: bool = Field(False, validation_alias=_env("lazy_models"))
     """Load models on first use instead of at start-up."""

@@ -28,8 +28,8 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
+from server.cpus import available_cpus
 from server.errors import InternalError, InvalidInput, ScoreHostError
-from server.settings import available_cpus
 
 logger = logging.getLogger(__name__)
 
