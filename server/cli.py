@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from server import __version__
+from server.errors import SettingsError
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -79,10 +80,6 @@ COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     # The reference binds 0.0.0.0 and has no host flag; Dockerfiles that run it rely on that.
     "azmlinfsrv": {"host": "0.0.0.0", "log_names": "azmlinfsrv"},
 }
-
-
-class SettingsError(Exception):
-    """Settings that cannot be used; the message is the one line to print."""
 
 
 @dataclass

@@ -17,7 +17,11 @@
     ├── ScriptError                500  run() raised, or its process died (x-ms-run-function-failed: True)
     ├── InternalError              500  the server failed, e.g. run() returned something unserialisable
     ├── ConfigError                500  a config file is invalid: <model>.scorehost.json (that model fails)
-    │                                   or a deployment config (`scorehost k8s` exits 2); also a ValueError
+    │   │                               or a deployment config (`scorehost k8s` exits 2); also a ValueError
+    │   ├── LoggingFileError       500  a logging.json that cannot be read or applied (start-up fails)
+    │   └── SettingsError          500  settings that cannot be used (the CLI prints the line, exits 2)
+    ├── StreamFailed               500  a streamed reply ended midway (run() raised, worker died, idle):
+    │                                   the response is cut off, since its status was already sent
     ├── DiscoveryError             500  model_dir is missing or unusable (the model store cannot start)
     ├── ServiceUnavailable         503  with Retry-After
     │   ├── Overloaded             503  queue full, or the queue wait ran out
@@ -139,6 +143,24 @@ class ConfigError(ScoreHostError, ValueError):
 
     status_code = 500
     code = "config_error"
+
+
+class LoggingFileError(ConfigError):
+    """A logging.json that cannot be read or applied."""
+
+    code = "logging_file_error"
+
+
+class SettingsError(ConfigError):
+    """Settings that cannot be used; the message is the one line to print."""
+
+    code = "settings_error"
+
+
+class StreamFailed(ScoreHostError):
+    """A streamed reply ended abnormally: run() raised midway, its worker died, or it went idle."""
+
+    code = "stream_failed"
 
 
 class DiscoveryError(ScoreHostError):

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
 
+from server.errors import LoggingFileError
+
 if TYPE_CHECKING:
     from server.settings import Settings
 
@@ -78,10 +80,6 @@ _AZMLINFSRV_DISPLAY = {
 
 _names: str = "scorehost"
 _logging_file: str | None = None  # the logging.json applied in this process, if any
-
-
-class LoggingFileError(ValueError):
-    """A logging.json that cannot be read or applied."""
 
 
 def naming() -> str:

@@ -12,7 +12,8 @@ import pytest
 from conftest import SCRIPTS
 
 from server import log
-from server.cli import SettingsError, find_config_file, load_settings, read_config_file
+from server.cli import find_config_file, load_settings, read_config_file
+from server.errors import LoggingFileError, SettingsError
 from server.settings import Settings
 
 
@@ -190,10 +191,10 @@ def test_logging_file_next_to_the_entry_script(tmp_path: Path, stream: io.String
 
 def test_bad_logging_file_raises_one_line(tmp_path: Path) -> None:
     (tmp_path / "logging.json").write_text(json.dumps({"version": 1, "handlers": {"h": {"class": "no.Such"}}}))
-    with pytest.raises(log.LoggingFileError, match="cannot apply logging config"):
+    with pytest.raises(LoggingFileError, match="cannot apply logging config"):
         log.apply_logging_file(Settings(app_root=str(tmp_path)))
     (tmp_path / "logging.json").write_text("{")
-    with pytest.raises(log.LoggingFileError, match="cannot read logging config"):
+    with pytest.raises(LoggingFileError, match="cannot read logging config"):
         log.apply_logging_file(Settings(app_root=str(tmp_path)))
 
 

@@ -11,9 +11,9 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 
 from server import __version__
-from server.errors import error_body
+from server.errors import StreamFailed, error_body
 from server.workers.protocol import Reply
-from server.workers.relay import ReplyStream, StreamFailed
+from server.workers.relay import ReplyStream
 
 # Called when a streamed reply ends: (status, bytes sent, failure or None).
 StreamEnd = Callable[[int, int, str | None], None]

@@ -33,6 +33,7 @@ import uvicorn
 
 from server import log
 from server.entry.environment import worker_environment
+from server.errors import LoggingFileError
 from server.gctune import tune_gc
 from server.http.app import create_app
 from server.http.connection import Limits, drain, protocol_class
@@ -205,7 +206,7 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     the CLI found while reading the settings (a config file's unknown keys ...)."""
     try:
         log.configure_from(settings)
-    except log.LoggingFileError as exc:
+    except LoggingFileError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
     # NOTE: this process runs no user code, so the caller's file and line in log

@@ -39,7 +39,7 @@ from server import deadline, log
 from server import settings as settings_module
 from server.entry.results import Stream
 from server.entry.script import EntryScript, model_dir_tree
-from server.errors import EntryScriptError, NotFound, Overloaded, ScoreHostError, ScoringTimeout
+from server.errors import EntryScriptError, LoggingFileError, NotFound, Overloaded, ScoreHostError, ScoringTimeout
 from server.gctune import tune_gc
 from server.settings import Settings
 from server.workers import protocol
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     channel = _Channel(sock)
     try:
         log.configure_from(settings, stream=sys.stdout)  # the user's logging.json too, as the reference
-    except log.LoggingFileError as exc:
+    except LoggingFileError as exc:
         log.configure(settings.log_level, settings.log_format, stream=sys.stdout)
         logger.error("Worker %d failed to start: %s", args.index, exc)
         channel.send(protocol.encode_message(Kind.FAILED, {"message": str(exc)}))

@@ -18,12 +18,8 @@ import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
-from server.errors import ScoreHostError
+from server.errors import ScoreHostError, StreamFailed
 from server.workers.protocol import Reply
-
-
-class StreamFailed(Exception):
-    """A streamed reply ended abnormally (run() raised midway, the worker died, or it went idle)."""
 
 
 class ReplyStream:
