@@ -387,7 +387,7 @@ class AccessLog:
                     "request_id": request_id,
                 }
             ).decode()
-        elif self.reference:
+        else:
             line = "%s I [%d] %s - %s %s %d %.3fms %d" % (  # noqa: UP031 - hot path
                 self._now(),
                 self.pid,
@@ -398,18 +398,8 @@ class AccessLog:
                 ms,
                 size,
             )
-        else:
-            line = "%s I [%d] %s - %s %s %d %.3fms %d [rid %s]" % (  # noqa: UP031 - hot path
-                self._now(),
-                self.pid,
-                self.name,
-                method,
-                path,
-                status,
-                ms,
-                size,
-                request_id,
-            )
+            if not self.reference:  # the reference's lines end there; ours name the request
+                line += " [rid %s]" % request_id  # noqa: UP031 - hot path
         with handler.lock:  # type: ignore[union-attr]
             handler.stream.write(line + "\n")
             handler._dirty = True

@@ -82,13 +82,18 @@ class ServerHandle:
 
 
 def launch(
-    args: list[str] | None = None, env: dict[str, str] | None = None, *, wait_listening: bool = True
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    wait_listening: bool = True,
+    command: list[str] | None = None,
 ) -> ServerHandle:
+    """Start a server process: ``python -m server serve`` unless ``command`` says otherwise."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SCOREHOST_", "AZUREML_", "AML_"))}
     full_env.update({"SCOREHOST_PORT": "0", "SCOREHOST_SHUTDOWN_DELAY_S": "0.2", "PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", *(args or [])],
+        [*(command or [sys.executable, "-m", "server", "serve"]), *(args or [])],
         cwd=ROOT,
         env=full_env,
         stdout=subprocess.PIPE,
@@ -123,8 +128,9 @@ def launch(
 def start_server() -> Iterator[object]:
     handles: list[ServerHandle] = []
 
-    def start(script: str | None = None, *, ready: bool = True, args: list[str] | None = None,
-              **env: str) -> ServerHandle:
+    def start(
+        script: str | None = None, *, ready: bool = True, args: list[str] | None = None, **env: str
+    ) -> ServerHandle:
         extra = dict(env)
         if script is not None:
             path = Path(script)
@@ -151,3 +157,28 @@ async def wait_pool_ready(pool: object, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"pool not ready within {timeout} s: {pool.status()}")  # type: ignore[attr-defined]
         await asyncio.sleep(0.025)
+
+
+@pytest.fixture
+def fresh_script_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that load entry scripts in this process (each loads one script)."""
+    from server.entry import aml
+
+    # The reference's rawhttp marker is process-global.
+    monkeypatch.setattr(aml, "_raw_http_requested", False)
+    sys.modules.pop("entry_module", None)
+    # inference-schema registers decorated functions by module and name, and every
+    # script loads as "entry_module": forget the previous test's script.
+    from inference_schema import schema_util
+
+    vars(schema_util)["__functions_schema__"].clear()
+
+
+def load_script(name: str) -> object:
+    """Load ``tests/scripts/<name>`` in this process and run its init()."""
+    from server.entry.script import EntryScript
+
+    script = EntryScript(str(SCRIPTS / name), str(ROOT))
+    script.load()
+    script.call_init()
+    return script

@@ -6,13 +6,11 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
 import tomllib
 from collections.abc import Iterator
 
 import pytest
-from conftest import ROOT, SCRIPTS, ServerHandle
+from conftest import ROOT, SCRIPTS, ServerHandle, launch
 
 from server.cli import azmlinfsrv_main, load_settings, main
 
@@ -89,32 +87,9 @@ def test_invalid_setting_is_one_line(capsys: pytest.CaptureFixture[str]) -> None
 
 # --- a real server started as azmlinfsrv --------------------------------------------
 def _launch(args: list[str], env: dict[str, str]) -> ServerHandle:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SCOREHOST_", "AZUREML_", "AML_"))}
-    full_env.update({"SCOREHOST_HOST": "127.0.0.1", "SCOREHOST_SHUTDOWN_DELAY_S": "0", "PYTHONUNBUFFERED": "1"})
-    full_env.update(env)
     code = "import sys; from server.cli import azmlinfsrv_main; sys.exit(azmlinfsrv_main())"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    handle = ServerHandle(proc)
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            handle.lines.append(line.rstrip("\n"))
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not handle.url:
-        m = next((m for m in map(_LISTENING.search, list(handle.lines)) if m), None)
-        if m:
-            handle.url = f"http://{m.group(1)}:{m.group(2)}"
-        elif proc.poll() is not None:
-            raise AssertionError(f"azmlinfsrv exited with {proc.returncode}:\n{handle.log}")
-        time.sleep(0.02)
-    assert handle.url, handle.log
-    return handle
+    return launch(args, {"SCOREHOST_HOST": "127.0.0.1", "SCOREHOST_SHUTDOWN_DELAY_S": "0", **env},
+                  command=[sys.executable, "-c", code])  # fmt: skip
 
 
 @pytest.fixture

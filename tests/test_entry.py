@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 import time
 
 import numpy as np
 import orjson
 import pytest
 from conftest import ROOT, SCRIPTS
+from conftest import load_script as load
 
 from server.entry import aml
 from server.entry.inputs import query_to_dict
@@ -18,24 +18,7 @@ from server.entry.script import EntryScript, model_dir_tree
 from server.errors import EntryScriptError
 from server.workers.protocol import Call, Target
 
-
-@pytest.fixture(autouse=True)
-def _fresh_rawhttp_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The reference's rawhttp marker is process-global; each test loads one script.
-    monkeypatch.setattr(aml, "_raw_http_requested", False)
-    sys.modules.pop("entry_module", None)
-    # inference-schema registers decorated functions by module and name, and every
-    # script loads as "entry_module": forget the previous test's script.
-    from inference_schema import schema_util
-
-    vars(schema_util)["__functions_schema__"].clear()
-
-
-def load(name: str) -> EntryScript:
-    script = EntryScript(str(SCRIPTS / name), str(ROOT))
-    script.load()
-    script.call_init()
-    return script
+pytestmark = pytest.mark.usefixtures("fresh_script_state")
 
 
 def call(

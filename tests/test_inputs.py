@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import httpx
 import orjson
 import pytest
-from conftest import ROOT, SCRIPTS
+from conftest import load_script as load
 
-from server.entry import aml, inputs
-from server.entry.script import EntryScript
+from server.entry import inputs
 from server.errors import BadRequest
 from server.workers.protocol import Call, Reply, Target
 
 DEEP = "%5B" * 5000 + "1" + "%5D" * 5000  # url-encoded [[[...1...]]], 5,000 deep
 
 
-@pytest.fixture(autouse=True)
-def _fresh_script_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aml, "_raw_http_requested", False)
-    sys.modules.pop("entry_module", None)
-    from inference_schema import schema_util
-
-    vars(schema_util)["__functions_schema__"].clear()
-
-
-def load(name: str) -> EntryScript:
-    script = EntryScript(str(SCRIPTS / name), str(ROOT))
-    script.load()
-    script.call_init()
-    return script
+pytestmark = pytest.mark.usefixtures("fresh_script_state")
 
 
 def call(method: str, body: bytes = b"", query: str = "", ctype: str = "", headers: list[tuple[str, str]] = []) -> Call:  # noqa: B006

@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from loadtests import analysis, checks, payloads, profiles  # noqa: E402
-from loadtests.recorder import FLAG_NO_RETRY_AFTER, Recorder  # noqa: E402
+from loadtests.recorder import FLAG_INVALID_BODY, FLAG_NO_RETRY_AFTER, Recorder  # noqa: E402
 
 # --- fast: pure parts ------------------------------------------------------------------
 
@@ -173,6 +173,32 @@ def test_timeout_checks_catch_a_late_504() -> None:
     late = _checks(_run_data(rec, "timeout", timeout_ms=200))
     assert not late["504s on time"]
     assert not late["slow requests time out"]
+
+
+def _stream_record(*, short: int) -> Recorder:
+    """Ten streams of 4 chunks as the streaming user records them; ``short`` of them cut."""
+    rec = Recorder()
+    rec.begin(0.0)
+    rec.phases = [{"t": 0.0, "label": "streaming", "users": 2}]
+    for i in range(10):
+        t = i * 0.1
+        rec.add(t, 2.0, 200, profiles.STREAM_TTFC)
+        for k in range(3):
+            rec.add(t + 0.002 + k * 0.005, 5.0, 200, profiles.STREAM_GAP)
+        rec.add(t, 17.0, 200, profiles.STREAM_WHOLE, flags=FLAG_INVALID_BODY if i < short else 0)
+    rec.t0 = 0.0
+    return rec
+
+
+def test_stream_checks_and_figures() -> None:
+    run = _run_data(_stream_record(short=0), "streaming", tokens=4, token_bytes=16)
+    assert all(_checks(run).values()), _checks(run)
+    st = analysis.summarize(run)["streaming"]
+    assert (st["streams"], st["complete_streams"], st["chunks"]) == (10, 10, 40)
+    assert st["ttfc"]["p50_ms"] == 2.0 and st["chunk_gap"]["p99_ms"] == 5.0
+    bad = _checks(_run_data(_stream_record(short=2), "streaming", tokens=4, token_bytes=16))
+    assert not bad["every stream complete"]
+    assert bad["time to first chunk recorded"]
 
 
 def test_recorder_roundtrip(tmp_path: Path) -> None:
@@ -332,6 +358,25 @@ def test_payloads_smoke(tmp_path: Path) -> None:
     _assert_checks(rc, summary, out, "every body size sent", "answers match the batch")
     assert len(summary["by_name"]) == 2
     assert all(b["requests"] > 0 for b in summary["by_name"].values())
+
+
+@pytest.mark.slow
+def test_streaming_smoke(tmp_path: Path) -> None:
+    rc, summary, out = _run_profile(
+        "streaming",
+        tmp_path,
+        *("--duration", "3", "--users", "4", "--tokens", "8", "--token-delay-ms", "2", "--token-bytes", "24"),
+        "--no-plots",
+    )
+    _assert_checks(rc, summary, out, "no error responses", "time to first chunk recorded", "every stream complete")
+    st = summary["streaming"]
+    assert st["streams"] > 0 and st["complete_streams"] == st["streams"]
+    assert st["chunks"] == 8 * st["streams"]
+    assert st["ttfc"]["p50_ms"] is not None and st["chunk_gap"]["p99_ms"] is not None
+    assert {"ttfc", "chunk-gap", "stream"} <= set(summary["by_name"])
+    # Locust's own stats carry the same names, so its report gives their percentiles too.
+    stats = (tmp_path / "locust_stats.csv").read_text()
+    assert ",ttfc," in stats and ",chunk-gap," in stats
 
 
 @pytest.mark.slow

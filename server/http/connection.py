@@ -339,7 +339,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head = False
         self._since = self.guard.now
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)  # NOTE: not super(): this runs per request
         if self._drain.draining and self.cycle is not None:
             self.cycle.keep_alive = False
 
@@ -347,7 +347,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head = True
         self._head_bytes = 0
         self._since = self.guard.now
-        super().on_message_complete()
+        # uvicorn's, inlined (per request)
+        cycle = self.cycle
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
 
     def on_response_complete(self) -> None:
         # uvicorn's, without its keep-alive timer (the sweep closes idle connections), and with

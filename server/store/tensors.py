@@ -51,7 +51,7 @@ MAX_DIMS = 64  # numpy's own limit; ONNX models have far fewer
 SPAN_MIN_BODY = 256 * 1024  # smaller bodies are parsed whole (the hot path)
 SPAN_MIN_BYTES = 64 * 1024  # smaller "data" arrays stay in the document
 CHUNK_BYTES = 1024 * 1024  # JSON text parsed per step of from_span (~100k numbers)
-_VECTOR_MIN = 1024  # longer float lists are range-checked with numpy, shorter ones with max()/min()
+_VECTOR_MIN = 1024  # longer FP16/FP32 lists are range-checked with numpy, shorter ones by struct
 
 _INT_TYPES = ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
 _ALLOWED: dict[str, frozenset[type]] = {
@@ -79,8 +79,11 @@ _JSON_TYPE = {
     list: "an array",
     dict: "an object",
 }
+# FP16 / FP32 lists shorter than _VECTOR_MIN are packed with struct (cached per length).
+_PACK_CODES = {"FP16": "e", "FP32": "f"}
+_PACKERS: dict[tuple[str, int], struct.Struct] = {}
 # Magnitudes at or above which a float may not fit FP16 / FP32 (half their overflow
-# thresholds): only then is the converted array checked for infinities.
+# thresholds): only then is a long list's converted array checked for infinities.
 _LISTS = {list}
 _INTEGERS = frozenset(_INT_TYPES)
 _NUMBERS = _INTEGERS | {"FP16", "FP32", "FP64"}
@@ -305,15 +308,23 @@ def _typed(name: str, datatype: str, flat: list[Any], base: int, types: set[type
             f"is {_JSON_TYPE.get(type(value), type(value).__name__)}"
         )
     dtype = DATATYPES[datatype]
-    near = _NEAR_OVERFLOW.get(datatype)
-    if near is not None and flat:
-        if len(flat) >= _VECTOR_MIN:
-            wide = np.array(flat, np.float64)  # exact for JSON numbers up to 2**53, as a direct cast is
-            if wide.max() >= near or wide.min() <= -near:
+    code = _PACK_CODES.get(datatype)
+    if code is not None and flat:  # FP16, FP32: a float may overflow to infinity
+        if len(flat) < _VECTOR_MIN:
+            # struct rounds as numpy does, and raises OverflowError where numpy gives inf.
+            packer = _PACKERS.get((code, len(flat))) or _PACKERS.setdefault(
+                (code, len(flat)), struct.Struct(f"<{len(flat)}{code}")
+            )
+            try:
+                return np.frombuffer(packer.pack(*flat), dtype)
+            except OverflowError:
                 _check_finite(name, datatype, flat, base)
-            return wide.astype(dtype)
-        if max(flat) >= near or min(flat) <= -near:
+                raise InvalidInput(f"input {name!r}: a value is outside the {datatype} range") from None
+        near = _NEAR_OVERFLOW[datatype]
+        wide = np.array(flat, np.float64)  # exact for JSON floats; ints round as a direct cast does
+        if wide.max() >= near or wide.min() <= -near:
             _check_finite(name, datatype, flat, base)
+        return wide.astype(dtype)
     try:
         return np.array(flat, dtype)
     except OverflowError:  # an integer outside the datatype's range

@@ -400,7 +400,7 @@ def _encode_output(name: str, value: Any, binary: bool, blobs: list[Any]) -> dic
     elif strings:
         out["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value.flat]
     else:
-        out["data"] = np.ascontiguousarray(value).reshape(-1)
+        out["data"] = value.ravel()  # C order, contiguous (a view when it can be): what orjson writes
     return out
 
 
