@@ -107,7 +107,8 @@ class Settings(BaseSettings):
 
     body_read_timeout_s: float = Field(60.0, gt=0, le=86_400, validation_alias=_env("body_read_timeout_s"))
     """A request body must be complete this long after its head; otherwise 408 and the connection
-    is closed (``run()`` is not called). Time the server itself holds reading paused is not counted."""
+    is closed (``run()`` is not called). The clock restarts while the server itself holds reading
+    paused (a pipelined request waiting its turn, body the app has not taken yet)."""
 
     keepalive_timeout_s: float = Field(5.0, gt=0, le=3600, validation_alias=_env("keepalive_timeout_s"))
     """An idle keep-alive connection is closed this long after its last response."""

@@ -16,8 +16,8 @@ Everything here happens before a request is routed or authenticated:
   timeout. There is no timer per request: each connection notes when its current phase began,
   from a clock that one sweep per server refreshes, and the sweep (every quarter of the shortest
   timeout, at most 1 s) closes the connections past their deadline. A deadline therefore fires
-  between its value and its value plus two sweep intervals. Time spent waiting for our own answer,
-  or with reading paused by us, is not counted.
+  between its value and its value plus two sweep intervals. While the client waits for our answer,
+  or we hold reading paused, its clock restarts.
 * **max_connections.** A connection beyond it gets a canned 503 and is closed in
   ``connection_made``, before any byte of it is read. Connections to the health port are exempt.
 * **Malformed requests.** A parser error (400) or a head limit (431) that comes while an earlier
@@ -348,8 +348,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._since = self.guard.now
         # uvicorn's, inlined (per request)
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return
         cycle = self.cycle
-        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+        if cycle.response_complete:
             return
         cycle.more_body = False
         cycle.message_event.set()
