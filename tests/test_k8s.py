@@ -1,9 +1,12 @@
 """``scorehost k8s``: manifests rendered from Azure ML deployment configurations.
 
-Every rendered manifest and every checked-in one under deploy/kubernetes/ is validated offline
-with ``kubernetes-validate --strict`` (schemas of Kubernetes 1.25 and 1.37); the rest checks what
-a schema cannot: that selectors select, probes point at ports and paths that exist, the
-environment means to the server what the configuration meant, and bad configurations are refused.
+Every rendered manifest and every checked-in one under deploy/kubernetes/ is validated offline:
+core objects with ``kubernetes-validate --strict`` (schemas of Kubernetes 1.25 and 1.37), the
+KEDA ScaledObject with ``check-jsonschema`` against its CRD schema (tests/k8s_validators.py). The
+rest checks what a schema cannot: that selectors select, probes point at ports and paths that
+exist, the environment means to the server what the configuration meant, and bad configurations
+are refused. The autoscaler itself is tests/test_autoscale.py; endpoints with versions
+tests/test_versions.py.
 """
 
 from __future__ import annotations
@@ -12,29 +15,30 @@ import asyncio
 import json
 import logging
 import math
-import subprocess
-import sys
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 import yaml
+from k8s_validators import kubernetes_validate, validate
 
 from server.deploy import k8s
+from server.deploy.checks import problems
 from server.deploy.config import ConfigError, DeployConfig, estimate_replicas, parse_config
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
-# Oldest and newest schema sets kubernetes-validate ships: autoscaling/v2 and policy/v1 are GA in both.
-K8S_VERSIONS = ("1.25.0", "1.37.0")
 PROBE_PATHS = {"/health/live", "/health/ready", "/"}
 # Settings from the environment alone (a literal Settings() trips mypy: it sees every field as required).
 NO_OVERRIDES: dict[str, Any] = {}
 
 # The checked-in manifests and the command that renders them (also in deploy/kubernetes/README.md).
+# They were rendered with the CPU-utilisation HPA, now the explicit fallback (--autoscaler cpu),
+# until deploy/kubernetes/ is re-rendered with the default utilisation autoscaler.
 CHECKED_IN = {
     variant: [
         "render",
@@ -44,9 +48,12 @@ CHECKED_IN = {
         f"scorehost-{variant}",
         "--image",
         f"registry.example.com/my-model:{variant}",
+        "--autoscaler",
+        "cpu",
     ]
     for variant in ("cpu", "gpu")
 }
+AUTOSCALER_KINDS = ("HorizontalPodAutoscaler", "ScaledObject")
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "azure-defaults": {},
@@ -114,17 +121,6 @@ def load_dir(directory: Path) -> list[dict[str, Any]]:
 
 
 # --- schema validation ---------------------------------------------------------------------------
-def kubernetes_validate(files: list[Path]) -> subprocess.CompletedProcess[str]:
-    versions = [arg for v in K8S_VERSIONS for arg in ("-k", v)]
-    return subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "--no-warn", *versions, *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def rendered_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
     """Every test configuration rendered through the CLI into files, as a user would."""
@@ -141,11 +137,14 @@ def rendered_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Pa
     yield files
 
 
-def test_rendered_and_checked_in_manifests_pass_strict_schema_validation(rendered_files: list[Path]) -> None:
+def test_rendered_and_checked_in_manifests_pass_strict_schema_validation(
+    rendered_files: list[Path], tmp_path: Path
+) -> None:
     checked_in = sorted(DEPLOY.glob("*/*.yaml"))
     assert len(checked_in) == 8, "cpu/ and gpu/: deployment, service, pdb, hpa"
-    result = kubernetes_validate(rendered_files + checked_in)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert any(p.name == "scaledobject.yaml" for p in rendered_files), "the default autoscaler is validated too"
+    failures = validate(rendered_files + checked_in, tmp_path)
+    assert not failures, "\n".join(failures)
 
 
 def test_the_validator_catches_a_misspelt_field(tmp_path: Path) -> None:
@@ -192,6 +191,7 @@ def test_objects_fit_together(name: str) -> None:
     names = {m["metadata"]["name"] for m in manifests}
     assert len(names) == 1
     assert len({m["metadata"].get("namespace") for m in manifests}) == 1
+    assert problems(manifests) == [], "the renderer's own semantic checks"
 
     container = container_of(manifests)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -213,11 +213,12 @@ def test_objects_fit_together(name: str) -> None:
     assert pod["enableServiceLinks"] is False, "service links would inject SCOREHOST_PORT=tcp://..."
     assert pod["securityContext"]["runAsNonRoot"] is True
 
-    hpa = kinds.get("HorizontalPodAutoscaler")
-    if hpa is not None:
-        target = hpa["spec"]["scaleTargetRef"]
+    autoscalers = [kinds[k] for k in AUTOSCALER_KINDS if k in kinds]
+    assert len(autoscalers) <= 1
+    if autoscalers:
+        target = autoscalers[0]["spec"]["scaleTargetRef"]
         assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
-        assert "replicas" not in deployment["spec"], "a fixed count would fight the HPA on every apply"
+        assert "replicas" not in deployment["spec"], "a fixed count would fight the autoscaler on every apply"
     else:
         assert deployment["spec"]["replicas"] >= 1
 
@@ -254,14 +255,20 @@ async def http_get_status(app: Any, path: str) -> int:
     return statuses[0] if statuses else 500
 
 
-def test_probe_paths_are_routes_of_the_server() -> None:
-    """Asked over ASGI, with no worker pool behind it: a probe path must not be a 404 or a 405."""
+def test_probe_and_scrape_paths_are_routes_of_the_server() -> None:
+    """Asked over ASGI, with no worker pool behind it: a probe path must not be a 404 or a 405,
+    nor the path the autoscaler's Prometheus scrapes (the pods' prometheus.io/path annotation)."""
     from server.http.app import create_app
 
-    app = create_app(Settings(**NO_OVERRIDES), cast(Any, object()), manage_pool=False)
+    # A stand-in pool: the app may hang its hooks on it, nothing behind it can answer.
+    pool = SimpleNamespace(worker_env=None, tracer=None, monitor=None, on_answer=None)
+    app = create_app(Settings(**NO_OVERRIDES), cast(Any, pool), manage_pool=False)
     assert asyncio.run(http_get_status(app, "/no/such/path")) == 404, "the control: unknown paths are 404"
     for path in sorted(PROBE_PATHS):
         assert asyncio.run(http_get_status(app, path)) not in (404, 405), path
+    pod = by_kind(rendered("azure-defaults"))["Deployment"]["spec"]["template"]["metadata"]
+    scrape = pod["annotations"]["prometheus.io/path"]
+    assert asyncio.run(http_get_status(app, scrape)) not in (404, 405), scrape
 
 
 def test_azure_defaults() -> None:
@@ -276,9 +283,10 @@ def test_azure_defaults() -> None:
         liveness["successThreshold"],
         liveness["failureThreshold"],
     ) == (10, 310, 2, 1, 3)
-    hpa = kinds["HorizontalPodAutoscaler"]["spec"]
-    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 10)
-    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    scaled = kinds["ScaledObject"]["spec"]
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"], scaled["pollingInterval"]) == (1, 10, 1)
+    assert scaled["triggers"][0]["metadata"]["threshold"] == "0.7"
+    assert "HorizontalPodAutoscaler" not in kinds, "CPU only as an explicit fallback"
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert container["image"] == "scorehost:cpu"
 
@@ -292,10 +300,12 @@ def test_every_field_reaches_its_kubernetes_or_runtime_equivalent(monkeypatch: p
         "requests": {"cpu": "1500m", "memory": "2Gi"},
         "limits": {"cpu": "3", "memory": "4Gi"},
     }
-    hpa = kinds["HorizontalPodAutoscaler"]["spec"]
-    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 20)
-    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
-    assert hpa["behavior"]["scaleUp"]["policies"][0]["periodSeconds"] == 30
+    scaled = kinds["ScaledObject"]["spec"]
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (2, 20)
+    assert scaled["triggers"][0]["metadata"]["threshold"] == "0.6"
+    assert scaled["pollingInterval"] == 30
+    behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleUp"]["policies"][0]["periodSeconds"] == 30
     readiness = container["readinessProbe"]
     assert (readiness["periodSeconds"], readiness["timeoutSeconds"]) == (5, 3)
     assert (readiness["successThreshold"], readiness["failureThreshold"]) == (2, 4)
@@ -335,7 +345,7 @@ def test_gpu_config_asks_for_a_gpu_and_tolerates_gpu_nodes() -> None:
 
 def test_fixed_replicas_turn_autoscaling_off() -> None:
     kinds = by_kind(rendered("fixed-replicas"))
-    assert "HorizontalPodAutoscaler" not in kinds
+    assert not set(AUTOSCALER_KINDS) & set(kinds)
     assert kinds["Deployment"]["spec"]["replicas"] == 3
 
 
@@ -541,7 +551,7 @@ def test_stdout_is_a_multi_document_stream(capsys: pytest.CaptureFixture[str]) -
         "Deployment",
         "Service",
         "PodDisruptionBudget",
-        "HorizontalPodAutoscaler",
+        "ScaledObject",
     ]
     assert docs == rendered_with_name("demo")
 

@@ -46,10 +46,13 @@ __all__ = [
     "Namespace",
     "cpu_quantity",
     "estimate_replicas",
+    "flatten",
     "is_dns_label",
     "load_config",
     "memory_quantity",
     "parse_config",
+    "parse_flat",
+    "read_json",
 ]
 
 log = logging.getLogger(__name__)
@@ -249,13 +252,26 @@ def _flatten(raw: dict[str, object]) -> dict[str, tuple[object, str]]:
     return flat
 
 
-def parse_config(raw: object) -> DeployConfig:
-    """Validate a decoded deployment configuration; raise :class:`ConfigError` on the first problem."""
+def flatten(raw: object) -> dict[str, tuple[object, str]]:
+    """Either form of a configuration as flat SDK name -> (value, the name the user wrote).
+
+    Unknown fields and fields given twice are refused; values are not validated yet.
+    """
     if not isinstance(raw, dict):
         raise ConfigError("the deployment configuration must be a JSON object")
+    return _flatten(raw)
+
+
+def parse_config(raw: object) -> DeployConfig:
+    """Validate a decoded deployment configuration; raise :class:`ConfigError` on the first problem."""
+    return parse_flat(flatten(raw))
+
+
+def parse_flat(flat: dict[str, tuple[object, str]]) -> DeployConfig:
+    """Validate the output of :func:`flatten` (fields may have been taken out of it)."""
     values: dict[str, Any] = {}
     written: dict[str, str] = {}  # DeployConfig field -> the name the user wrote, for messages
-    for name, (value, where) in _flatten(raw).items():
+    for name, (value, where) in flat.items():
         if name in REFUSED and value not in (None, False):
             raise ConfigError(f"{where}: not supported: {REFUSED[name]}")
         if name in IGNORED or name in REFUSED:
@@ -270,19 +286,22 @@ def parse_config(raw: object) -> DeployConfig:
         raise ConfigError(describe(exc, DeployConfig, names=written)) from exc
 
 
-def load_config(path: str) -> DeployConfig:
-    """Read and validate a deployment configuration file (``-``: standard input)."""
+def read_json(path: str) -> object:
+    """A decoded JSON file (``-``: standard input); unreadable or invalid JSON is a :class:`ConfigError`."""
     try:
         if path == "-":
-            raw = json.load(sys.stdin)
-        else:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
+            return json.load(sys.stdin)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-    return parse_config(raw)
+
+
+def load_config(path: str) -> DeployConfig:
+    """Read and validate a deployment configuration file (``-``: standard input)."""
+    return parse_config(read_json(path))
 
 
 # --- quantities and the replica estimate --------------------------------------------------------

@@ -1,43 +1,44 @@
 """``scorehost k8s``: Kubernetes manifests from an Azure ML deployment configuration.
 
     scorehost k8s render --config deploymentconfig.json --name NAME --image IMAGE [-o DIR]
+    scorehost k8s render --spec endpoint.yaml [-o DIR]          # versions behind one endpoint
+    scorehost k8s create-version | update-version | delete-version --spec endpoint.yaml ...
     scorehost k8s replicas --target-rps 200 --request-ms 50 [--target-utilization 70] [--max-concurrent 4]
 
-``render`` writes a Deployment, Service, PodDisruptionBudget and (with autoscaling) a
-HorizontalPodAutoscaler; each Azure field goes to its Kubernetes equivalent or to the
-container's environment (see docs/deploy.md for the table). The YAML is written by the small
-emitter below rather than PyYAML: the server must not grow a runtime dependency for a CLI helper,
-and block-style YAML of plain dicts, lists and scalars takes 40 lines. Strings that YAML could
-read as anything else (``"100m"``, ``"yes"``, ``"5001"``) are double-quoted JSON strings, which
-YAML reads back verbatim.
+:func:`render` turns one configuration into a Deployment, Service, PodDisruptionBudget and (with
+autoscaling) the autoscaler of :mod:`.autoscale`; each Azure field goes to its Kubernetes
+equivalent or to the container's environment (see docs/deploy.md for the table). Endpoints with
+versions are :mod:`.versions` and :mod:`.gateway`; the command line is :mod:`.commands`; YAML is
+written by :mod:`.yamlio`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import re
-import sys
-from fractions import Fraction
 from typing import Annotated, Any
 
 from annotated_types import Ge, Le
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.deploy.config import (
-    DeployConfig,
-    Namespace,
-    cpu_quantity,
-    estimate_replicas,
-    is_dns_label,
-    load_config,
-    memory_quantity,
-)
+from server.deploy.autoscale import DEFAULT_PROMETHEUS, Autoscaler, autoscaler_manifest, scrape_annotations
+from server.deploy.config import DeployConfig, Namespace, cpu_quantity, is_dns_label, memory_quantity
+from server.deploy.yamlio import HEADER, to_yaml
 from server.errors import ConfigError
 from server.settings import Settings
-from server.validation import bounded_like, describe
+from server.validation import bounded_like
+
+__all__ = [
+    "FILE_NAMES",
+    "HEADER",
+    "Manifest",
+    "RenderOptions",
+    "container_env",
+    "main",
+    "render",
+    "termination_grace_seconds",
+    "to_yaml",
+]
 
 Manifest = dict[str, Any]
 
@@ -70,6 +71,11 @@ class RenderOptions(BaseModel):
     shutdown_delay_s: Annotated[float, bounded_like(Settings, "shutdown_delay_s")] = 2.0
     graceful_timeout_s: Annotated[float, bounded_like(Settings, "graceful_timeout_s")] = 30.0
     env: dict[str, str] = Field(default_factory=dict)
+    # keda / hpa: on the pods' utilisation gauge; cpu: the CPU fallback (see autoscale.py).
+    autoscaler: Autoscaler = "keda"
+    prometheus_url: str = DEFAULT_PROMETHEUS  # KEDA's Prometheus server
+    auth_secret: str | None = None  # the Secret holding the API key; None: "<name>-auth"
+    part_of: str | None = None  # the endpoint this deployment is a version of (a label)
 
     @field_validator("name")
     @classmethod
@@ -90,14 +96,22 @@ class RenderOptions(BaseModel):
 
 # --- rendering -----------------------------------------------------------------------------------
 def _labels(name: str) -> dict[str, str]:
+    """The selector labels: one instance per Deployment."""
     return {"app.kubernetes.io/name": "scorehost", "app.kubernetes.io/instance": name}
 
 
-def _metadata(name: str, namespace: str | None) -> Manifest:
-    meta: Manifest = {"name": name}
+def _all_labels(opts: RenderOptions) -> dict[str, str]:
+    labels = _labels(opts.name)
+    if opts.part_of:
+        labels["app.kubernetes.io/part-of"] = opts.part_of
+    return labels
+
+
+def _metadata(opts: RenderOptions, namespace: str | None) -> Manifest:
+    meta: Manifest = {"name": opts.name}
     if namespace:
         meta["namespace"] = namespace
-    meta["labels"] = _labels(name)
+    meta["labels"] = _all_labels(opts)
     return meta
 
 
@@ -128,7 +142,7 @@ def container_env(config: DeployConfig, opts: RenderOptions) -> list[Manifest]:
         env[key] = value
     items: list[Manifest] = [{"name": k, "value": v} for k, v in env.items()]
     if config.auth_enabled:
-        secret = {"name": f"{opts.name}-auth", "key": "api-key"}
+        secret = {"name": opts.auth_secret or f"{opts.name}-auth", "key": "api-key"}
         items.append({"name": "SCOREHOST_API_KEY", "valueFrom": {"secretKeyRef": secret}})
     return items
 
@@ -153,7 +167,7 @@ def termination_grace_seconds(opts: RenderOptions) -> int:
 
 
 def render(config: DeployConfig, opts: RenderOptions) -> list[Manifest]:
-    """Deployment, Service, PodDisruptionBudget and, with autoscaling, a HorizontalPodAutoscaler."""
+    """Deployment, Service, PodDisruptionBudget and, with autoscaling, its autoscaler."""
     _check_options(config, opts)
     name, namespace = opts.name, opts.namespace or config.namespace
     gpu = config.gpu_cores > 0
@@ -197,23 +211,27 @@ def render(config: DeployConfig, opts: RenderOptions) -> list[Manifest]:
     if not config.autoscale_enabled:
         # With an HPA the replica count is left out: re-applying must not undo its scaling.
         deployment_spec["replicas"] = config.num_replicas or 1
+    template_meta: Manifest = {"labels": _all_labels(opts)}
+    if config.autoscale_enabled and opts.autoscaler != "cpu":
+        # The autoscaler reads scorehost_utilization, scraped from each pod's /metrics.
+        template_meta["annotations"] = scrape_annotations(opts.port)
     deployment_spec |= {
         "selector": {"matchLabels": _labels(name)},
         # maxUnavailable 0: a rollout never drops below the serving capacity.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
-        "template": {"metadata": {"labels": _labels(name)}, "spec": pod},
+        "template": {"metadata": template_meta, "spec": pod},
     }
     manifests: list[Manifest] = [
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": _metadata(name, namespace),
+            "metadata": _metadata(opts, namespace),
             "spec": deployment_spec,
         },
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _metadata(name, namespace),
+            "metadata": _metadata(opts, namespace),
             "spec": {
                 "type": "ClusterIP",
                 "selector": _labels(name),
@@ -230,211 +248,52 @@ def render(config: DeployConfig, opts: RenderOptions) -> list[Manifest]:
         {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
-            "metadata": _metadata(name, namespace),
+            "metadata": _metadata(opts, namespace),
             # maxUnavailable rather than minAvailable: with one replica, minAvailable 1 would block
             # every node drain for good; this still limits voluntary evictions to one pod at a time.
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(name)}},
         },
     ]
     if config.autoscale_enabled:
-        manifests.append(_hpa(config, name, namespace))
+        manifests.append(
+            autoscaler_manifest(
+                config,
+                name,
+                _metadata(opts, namespace),
+                opts.autoscaler,
+                namespace=namespace,
+                prometheus_url=opts.prometheus_url,
+            )
+        )
     return manifests
 
 
-def _hpa(config: DeployConfig, name: str, namespace: str | None) -> Manifest:
-    # Azure scales on request concurrency; a stock cluster's HPA only has resource metrics, so the
-    # target utilisation applies to CPU (relative to the request). The refresh period becomes
-    # the period of the scale-up policy: at most doubling once per refresh period.
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(name, namespace),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": config.autoscale_min_replicas,
-            "maxReplicas": config.autoscale_max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": config.autoscale_target_utilization,
-                        },
-                    },
-                }
-            ],
-            "behavior": {
-                "scaleUp": {
-                    "stabilizationWindowSeconds": 0,
-                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": config.autoscale_refresh_seconds}],
-                }
-            },
-        },
-    }
-
-
 def _check_options(config: DeployConfig, opts: RenderOptions) -> None:
+    if config.autoscale_enabled and opts.autoscaler != "cpu":
+        # The utilisation autoscalers read GET /metrics on the server port.
+        if opts.env.get("SCOREHOST_METRICS", "true").strip().lower() in ("0", "false", "no", "off"):
+            raise ConfigError("--env SCOREHOST_METRICS: the utilisation autoscaler needs /metrics (or use cpu)")
+        if opts.env.get("SCOREHOST_METRICS_ENDPOINT", "main") != "main":
+            raise ConfigError("--env SCOREHOST_METRICS_ENDPOINT: the autoscaler scrapes /metrics on the server port")
     concurrent = config.replica_max_concurrent_requests
     if opts.workers is not None and concurrent is not None and concurrent < opts.workers:
         # The server refuses to start with fewer slots than workers; say so before deploying.
         raise ConfigError(f"replica_max_concurrent_requests ({concurrent}) must be at least --workers ({opts.workers})")
 
 
-# --- a small YAML emitter -----------------------------------------------------------------------
-_PLAIN = re.compile(r"[A-Za-z/][A-Za-z0-9_./-]*")
-# Words YAML 1.1 (which Kubernetes' parser still honours) reads as booleans or null.
-_RESERVED = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"})
-
-
-def _scalar(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"cannot write {value!r} as YAML")
-        mantissa, e, exponent = repr(value).partition("e")
-        # YAML 1.1 (PyYAML, many Kubernetes tools) reads 1e-07 as a string; 1.0e-07 is a float to all.
-        return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else repr(value)
-    if isinstance(value, str):
-        if _PLAIN.fullmatch(value) and value.lower() not in _RESERVED:
-            return value
-        return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
-    raise TypeError(f"cannot write {type(value).__name__} as YAML")
-
-
-def _emit(value: object, indent: int, out: list[str]) -> None:
-    pad = " " * indent
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, dict | list) and item:
-                out.append(f"{pad}{_scalar(key)}:")
-                # Lists sit at their key's indent ("- " is the indentation), as kubectl writes them.
-                _emit(item, indent + 2 if isinstance(item, dict) else indent, out)
-            else:
-                empty = "{}" if isinstance(item, dict) else "[]" if isinstance(item, list) else None
-                out.append(f"{pad}{_scalar(key)}: {empty or _scalar(item)}")
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict | list) and item:
-                start = len(out)
-                _emit(item, indent + 2, out)
-                out[start] = f"{pad}- {out[start][indent + 2 :]}"
-            else:
-                empty = "{}" if isinstance(item, dict) else "[]" if isinstance(item, list) else None
-                out.append(f"{pad}- {empty or _scalar(item)}")
-    else:
-        out.append(pad + _scalar(value))
-
-
-HEADER = "# Generated by `scorehost k8s render`: change the deployment configuration and render again.\n"
-
-
-def to_yaml(document: object, header: str = "") -> str:
-    """One YAML document in block style; plain dicts, lists, strings, numbers, booleans, None."""
-    out: list[str] = [header.rstrip("\n")] if header else []
-    _emit(document, 0, out)
-    return "\n".join(out) + "\n"
-
-
-# --- command line -------------------------------------------------------------------------------
+# One file per object with ``-o DIR``.
 FILE_NAMES = {
     "Deployment": "deployment.yaml",
     "Service": "service.yaml",
     "PodDisruptionBudget": "pdb.yaml",
     "HorizontalPodAutoscaler": "hpa.yaml",
+    "ScaledObject": "scaledobject.yaml",
+    "HTTPRoute": "httproute.yaml",
 }
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scorehost k8s", description="Kubernetes manifests from an Azure ML deployment configuration."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("render", help="write Kubernetes manifests for a deployment configuration")
-    r.add_argument("--config", "--dc", metavar="FILE", help="Azure ML deployment configuration JSON ('-': stdin)")
-    r.add_argument("--name", default="scorehost", help="name of every object (default: %(default)s)")
-    r.add_argument("--image", help="container image (default: scorehost:cpu, or scorehost:gpu with gpu_cores)")
-    r.add_argument("--namespace", help="namespace of every object (default: the config's, else none)")
-    r.add_argument("--port", type=int, default=5001, help="container port (default: %(default)s)")
-    r.add_argument("--service-port", type=int, default=80, help="Service port (default: %(default)s)")
-    r.add_argument("--entry-script", help="AZUREML_ENTRY_SCRIPT, relative to /var/azureml-app")
-    r.add_argument("--workers", type=int, help="WORKER_COUNT (default: the server's, 1)")
-    r.add_argument("--shutdown-delay-s", type=float, default=2.0, help="SCOREHOST_SHUTDOWN_DELAY_S")
-    r.add_argument("--graceful-timeout-s", type=float, default=30.0, help="SCOREHOST_GRACEFUL_TIMEOUT_S")
-    r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra container env")
-    r.add_argument("-o", "--output-dir", help="write one file per object here instead of to stdout")
-    e = sub.add_parser("replicas", help="estimate replicas: ceil(rps * seconds / utilisation / concurrency)")
-    e.add_argument("--target-rps", required=True, help="requests per second to sustain")
-    t = e.add_mutually_exclusive_group(required=True)
-    t.add_argument("--request-ms", help="time to serve one request, milliseconds")
-    t.add_argument("--request-seconds", help="time to serve one request, seconds")
-    e.add_argument("--config", "--dc", metavar="FILE", help="take the two values below from this config")
-    e.add_argument("--target-utilization", help="percent (default: the config's, else 70)")
-    e.add_argument("--max-concurrent", type=int, help="requests per replica (default: the config's, else 1)")
-    return parser
-
-
-def _render_command(args: argparse.Namespace) -> int:
-    config = load_config(args.config) if args.config else DeployConfig()
-    env: dict[str, str] = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
-        env[key] = value
-    options = {name: getattr(args, name) for name in RenderOptions.model_fields if name != "env"}
-    try:
-        opts = RenderOptions(**options, env=env)
-    except ValidationError as exc:
-        flags = {name: "--" + name.replace("_", "-") for name in RenderOptions.model_fields}
-        raise ConfigError(describe(exc, RenderOptions, names=flags)) from exc
-    manifests = render(config, opts)
-    if not args.output_dir:
-        sys.stdout.write("---\n".join(to_yaml(m, HEADER) for m in manifests))
-        return 0
-    os.makedirs(args.output_dir, exist_ok=True)
-    for manifest in manifests:
-        path = os.path.join(args.output_dir, FILE_NAMES[manifest["kind"]])
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(to_yaml(manifest, HEADER))
-        print(path, file=sys.stderr)
-    return 0
-
-
-def _replicas_command(args: argparse.Namespace) -> int:
-    config = load_config(args.config) if args.config else DeployConfig()
-    seconds = args.request_seconds
-    if args.request_ms is not None:
-        # Kept exact: "50" ms becomes the fraction 1/20 s, with no float in between.
-        try:
-            seconds = str(Fraction(args.request_ms) / 1000)
-        except ValueError as exc:
-            raise ConfigError(f"--request-ms: {exc}") from exc
-    utilization = args.target_utilization or config.autoscale_target_utilization
-    concurrent = args.max_concurrent or config.replica_max_concurrent_requests or 1
-    print(estimate_replicas(args.target_rps, seconds, utilization, concurrent))
-    return 0
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``scorehost k8s``; returns the exit status (2 for a bad configuration)."""
-    try:
-        args = _parser().parse_args(argv)
-        if args.command == "render":
-            return _render_command(args)
-        return _replicas_command(args)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else 2
-    except ConfigError as exc:
-        print(f"scorehost k8s: error: {exc}", file=sys.stderr)
-        return 2
+    from server.deploy.commands import k8s_main
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    return k8s_main(argv)
