@@ -136,6 +136,8 @@ class EntryScript:
         if self._pass_headers:
             meta = MetaLevel.FULL
         info = ScriptInfo(mode, is_async, meta, [p.name for p in params])
+        # What inputs.schema_arguments refuses to leave out; the swagger document says so too.
+        info.required_params = [p.name for p in params if p.default is inspect.Parameter.empty]
         self._params = params
         if decorated:
             info.input_schema, info.output_schema, info.swagger_versions = _schemas(run)

@@ -4,6 +4,10 @@ Generated from the inference-schema decorators of ``run()`` when present (the
 worker reports them), a minimal document otherwise; a user's own
 ``swagger.json`` / ``swagger2.json``, ``swagger3.json`` or ``swagger3.1.json`` in the
 app root wins, as with the reference server.
+
+The input schema lists as ``required`` every ``run()`` parameter without a default
+(``ScriptInfo.required_params``): the worker answers 400 when one is missing
+(:func:`server.entry.inputs.schema_arguments`), so ``{}`` must not validate either.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def build(version: str, settings: Settings, script: ScriptInfo | None) -> dict[s
     user = _user_document(canonical, settings)
     if user is not None:
         return user
-    inp = (script.input_schema if script else None) or _EMPTY
+    inp = _input_schema(script)
     out = (script.output_schema if script else None) or _EMPTY
     prefix = f"/{settings.service_path_prefix}" if settings.service_path_prefix else ""
     info = {
@@ -135,6 +139,19 @@ def build(version: str, settings: Settings, script: ScriptInfo | None) -> dict[s
                 }
         doc["paths"][path] = ops
     return doc
+
+
+def _input_schema(script: ScriptInfo | None) -> Any:
+    """The ServiceInput schema: the decorators', with the parameters run() cannot do without as ``required``."""
+    schema = script.input_schema if script else None
+    if not schema:
+        return _EMPTY
+    if not isinstance(schema, dict) or not script or not script.required_params:
+        return schema
+    required = schema.get("required")
+    names = list(required) if isinstance(required, list) else []
+    names += [name for name in script.required_params if name not in names]
+    return {**schema, "required": names}
 
 
 def _user_document(canonical: str, settings: Settings) -> dict[str, Any] | None:

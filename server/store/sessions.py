@@ -30,6 +30,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 
 from server.cpus import available_cpus
 from server.errors import InternalError, InvalidInput, ScoreHostError
+from server.store.stats import ModelStats
 
 logger = logging.getLogger(__name__)
 
@@ -345,11 +346,12 @@ class ModelMetadata:
 class Model:
     """A loaded model. ``run`` is thread-safe and may be called from many threads at once."""
 
-    __slots__ = ("_inputs", "_outputs", "_session", "metadata")
+    __slots__ = ("_inputs", "_outputs", "_session", "metadata", "stats")
 
     def __init__(self, session: Any, metadata: ModelMetadata) -> None:
         self._session = session
         self.metadata = metadata
+        self.stats: ModelStats | None = None  # the store's counters for /metrics
         self._inputs = {spec.name: spec for spec in metadata.inputs}
         self._outputs = {spec.name: spec for spec in metadata.outputs}
 
@@ -377,6 +379,18 @@ class Model:
         Arrays must have the model's dtype (no silent casts); lists are converted to it.
         Raises InvalidInput naming the input for a wrong name, dtype or shape.
         """
+        stats = self.stats
+        if stats is None:
+            return self._run(inputs, outputs)
+        # NOTE: unlocked increments from several run threads may, very rarely, lose one count.
+        stats.inferences += 1
+        try:
+            return self._run(inputs, outputs)
+        except Exception:
+            stats.errors += 1
+            raise
+
+    def _run(self, inputs: Mapping[str, Any], outputs: Sequence[str] | None) -> dict[str, Any]:
         feed = {name: self._check(name, value) for name, value in inputs.items()}
         if len(feed) != len(self._inputs):
             missing = [n for n in self._inputs if n not in feed]
@@ -412,14 +426,22 @@ class Model:
                 f"input {name!r} has dtype {value.dtype}; model {self.name!r} expects {spec.dtype} ({spec.datatype})"
             )
         shape = spec.shape
-        if shape and (
-            value.ndim != len(shape) or any(s >= 0 and d != s for d, s in zip(value.shape, shape, strict=True))
-        ):
+        if shape and not shape_fits(value.shape, shape):
             raise InvalidInput(
                 f"input {name!r} has shape {list(value.shape)}; model {self.name!r} expects "
                 f"{list(shape)} (-1: any size)"
             )
         return value
+
+
+def shape_fits(shape: Sequence[int], expected: tuple[int, ...]) -> bool:
+    """Whether a shape matches a model's (-1: any size); a plain loop, it runs on every call."""
+    if len(shape) != len(expected):
+        return False
+    for d, e in zip(shape, expected, strict=True):  # noqa: SIM110 (no generator on the hot path)
+        if e >= 0 and d != e:
+            return False
+    return True
 
 
 def describe_error(exc: BaseException) -> str:

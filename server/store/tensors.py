@@ -1,11 +1,11 @@
 """Open Inference Protocol tensors: untrusted request data to numpy, strictly.
 
-    shape = check_shape(name, item.get("shape"), limit)      list[int], else InvalidInput
-    request, spans = parse_request(body)                     the JSON document; large numeric
-                                                             "data" arrays left as Spans
-    array = from_json(name, datatype, shape, data)           a parsed list (flat or nested)
-    array = from_span(name, datatype, shape, body, span)     a Span, parsed in chunks
-    array = from_binary(name, datatype, shape, chunk)        binary tensor extension
+    shape, count = check_shape(name, item["shape"], limit)         else InvalidInput
+    request, spans = parse_request(body)                            the JSON document; large
+                                                                    "data" arrays left as Spans
+    array = from_json(name, datatype, shape, count, data)           a parsed list, flat or nested
+    array = from_span(name, datatype, shape, count, body, span)     a Span, parsed in chunks
+    array = from_binary(name, datatype, shape, count, chunk)        binary tensor extension
 
 What a value must be, per datatype (anything else is InvalidInput naming the input, the
 datatype, the value and its index in row-major order; nothing is rounded to fit):
@@ -35,7 +35,6 @@ import secrets
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -50,7 +49,8 @@ DATATYPES: dict[str, np.dtype[Any]] = dict(ONNX_TYPES.values())
 MAX_DIMS = 64  # numpy's own limit; ONNX models have far fewer
 SPAN_MIN_BODY = 256 * 1024  # smaller bodies are parsed whole (the hot path)
 SPAN_MIN_BYTES = 64 * 1024  # smaller "data" arrays stay in the document
-CHUNK_BYTES = 1024 * 1024  # JSON text parsed per step of from_span (~100k numbers)
+CHUNK_BYTES = 256 * 1024  # JSON text parsed per step of from_span (~25k numbers)
+_MAX_DATA_KEYS = 256  # "data" keys looked at per body; the arrays of any further ones are parsed whole
 _VECTOR_MIN = 1024  # longer FP16/FP32 lists are range-checked with numpy, shorter ones by struct
 
 _INT_TYPES = ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
@@ -82,17 +82,17 @@ _JSON_TYPE = {
 # FP16 / FP32 lists shorter than _VECTOR_MIN are packed with struct (cached per length).
 _PACK_CODES = {"FP16": "e", "FP32": "f"}
 _PACKERS: dict[tuple[str, int], struct.Struct] = {}
-# Magnitudes at or above which a float may not fit FP16 / FP32 (half their overflow
-# thresholds): only then is a long list's converted array checked for infinities.
-_LISTS = {list}
 _INTEGERS = frozenset(_INT_TYPES)
 _NUMBERS = _INTEGERS | {"FP16", "FP32", "FP64"}
+# Magnitudes at or above which a float may not fit FP16 / FP32 (half their overflow
+# thresholds): only then is a long list's converted array checked for infinities.
 _NEAR_OVERFLOW = {"FP16": 65520.0 / 2, "FP32": float(np.finfo(np.float32).max) / 2}
 # Letters that only true, false or null bring into a span of JSON numbers, and those of a float.
 _LITERAL_MARKS = (b"u", b"a")
 _FLOAT_MARKS = (b".", b"e", b"E")
 _U32 = struct.Struct("<I")
 _NOT_JSON = "the request body is not valid JSON"
+_NO_SPANS: dict[str, Span] = {}  # shared, never written
 _DATA_KEY = re.compile(rb'"data"[ \t\n\r]*:[ \t\n\r]*\[')
 
 
@@ -125,7 +125,8 @@ def _bad_shape(name: str, shape: Any) -> InvalidInput:
 # --- the request document ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Span:
-    """A flat JSON array in the body, ``body[start]`` is its ``[`` and ``body[end]`` its ``]``."""
+    """A JSON array in the body (numbers, true, false, null, arrays): ``body[start]`` is its ``[``,
+    ``body[end]`` its ``]``."""
 
     start: int
     end: int
@@ -149,19 +150,22 @@ def parse_request(body: bytes) -> tuple[Any, dict[str, Span]]:
     the body is parsed whole, so the answer never depends on this shortcut.
     """
     if len(body) < SPAN_MIN_BODY:
-        return loads(body), {}
+        return loads(body), _NO_SPANS
     nonce = secrets.token_hex(8)
     pieces: list[bytes] = []
     spans: dict[str, Span] = {}
     last = pos = 0
-    while (found := body.find(b'"data"', pos)) != -1:
+    for _ in range(_MAX_DATA_KEYS):  # a body of nothing but '"data":[' must not cost a loop turn per key
+        if (found := body.find(b'"data"', pos)) == -1:
+            break
         match = _DATA_KEY.match(body, found)
         pos = found + 6
         if match is None:
             continue
         start = match.end() - 1
-        stops = [i for i in (body.find(b'"', start), body.find(b"}", start)) if i != -1]
-        end = body.rfind(b"]", start, min(stops)) if stops else -1
+        stop = body.find(b'"', start)  # scans only as far as the next quote: no key is scanned past
+        brace = body.find(b"}", start, len(body) if stop == -1 else stop)
+        end = body.rfind(b"]", start, brace if brace != -1 else stop if stop != -1 else len(body))
         if end - start < SPAN_MIN_BYTES or body.find(b"{", start, end) != -1:
             continue
         key = f"\x00{nonce}:{len(spans)}"
@@ -189,10 +193,34 @@ def parse_request(body: bytes) -> tuple[Any, dict[str, Span]]:
 # --- JSON data -----------------------------------------------------------------------------------
 def from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> Any:
     """``data`` (a list, flat or nested in any way, values in row-major order) as an array of ``shape``."""
-    flat, types = _values(data if type(data) is list else [data])
+    # The hot path (small tensors) is written out here, without helper calls.
+    flat = data if type(data) is list else [data]
+    while flat and type(flat[0]) is list and (joined := _join(flat)) is not None:
+        flat = joined  # the common nesting: every level a list of lists
+    types = set(map(type, flat))
+    if list in types:  # mixed or ragged nesting
+        flat = _flatten(flat)
+        types = set(map(type, flat))
     if len(flat) != count:
         raise InvalidInput(f"input {name!r}: shape {shape} holds {count} values but data has {len(flat)}")
-    return _typed(name, datatype, flat, 0, types).reshape(shape)
+    if not types <= _ALLOWED[datatype]:
+        raise _type_error(name, datatype, flat, 0)
+    code = _PACK_CODES.get(datatype)
+    if code is None:  # BOOL, integers, FP64, BYTES: numpy converts exactly, or raises OverflowError
+        try:
+            return np.array(flat, DATATYPES[datatype]).reshape(shape)
+        except OverflowError:
+            raise _range_error(name, datatype, flat, 0) from None
+    if not 0 < count < _VECTOR_MIN:
+        return _typed(name, datatype, flat, 0).reshape(shape)
+    # FP16, FP32: struct rounds as numpy does, and raises OverflowError where numpy gives inf.
+    packer = _PACKERS.get((code, count)) or _PACKERS.setdefault((code, count), struct.Struct(f"<{count}{code}"))
+    out = np.empty(shape, DATATYPES[datatype])  # owned and writable: onnxruntime copies read-only inputs
+    try:
+        packer.pack_into(out, 0, *flat)  # type: ignore[arg-type]  # an ndarray is a writable buffer
+    except (OverflowError, struct.error):  # FP16 ("e") refuses an int past its range with struct.error
+        return _check_finite(name, datatype, flat, 0).reshape(shape)
+    return out
 
 
 def from_span(name: str, datatype: str, shape: list[int], count: int, body: bytes, span: Span) -> Any:
@@ -202,7 +230,8 @@ def from_span(name: str, datatype: str, shape: list[int], count: int, body: byte
     commas = body.count(b",", start, end)
     most = commas + 1 if commas or body[start + 1 : end].strip() else 0  # values are comma-separated
     if count > most or (count != most and not nested):
-        have = f"at most {most}" if nested else str(most)
+        # Refused before the array is made; counted (a chunk at a time) to say how many there are.
+        have = _count_values(name, body, span, nested)
         raise InvalidInput(f"input {name!r}: shape {shape} holds {count} values but data has {have}")
     # Numbers only (no true, false, null), and no float for an integer datatype: flat
     # chunks then need no per-value type check, only the range checks.
@@ -219,19 +248,33 @@ def from_span(name: str, datatype: str, shape: list[int], count: int, body: byte
                 flat, types = chunk, None if clean else set(map(type, chunk))
             if filled + len(flat) > count:
                 raise InvalidInput(f"input {name!r}: shape {shape} holds {count} values but data has more")
-            out[filled : filled + len(flat)] = _typed(name, datatype, flat, filled, types)
+            if types is not None and not types <= _ALLOWED[datatype]:
+                raise _type_error(name, datatype, flat, filled)
+            out[filled : filled + len(flat)] = _typed(name, datatype, flat, filled)
             filled += len(flat)
     except _Unchunked:
         # Bad JSON, or nesting deeper than the cuts assumed: parse the whole array at once.
         del out
-        try:
-            data = orjson.loads(memoryview(body)[start : end + 1])
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"{_NOT_JSON}: input {name!r} data (at byte {start}): {exc}") from None
-        return from_json(name, datatype, shape, count, data)
+        return from_json(name, datatype, shape, count, _whole(name, body, span))
     if filled != count:
         raise InvalidInput(f"input {name!r}: shape {shape} holds {count} values but data has {filled}")
     return out.reshape(shape)
+
+
+def _count_values(name: str, body: bytes, span: Span, nested: bool) -> int:
+    try:
+        return sum(len(_values(chunk)[0] if nested else chunk) for chunk in _chunks(body, span, nested))
+    except _Unchunked:
+        return len(_values(_whole(name, body, span))[0])
+
+
+def _whole(name: str, body: bytes, span: Span) -> list[Any]:
+    """The span parsed in one piece: the general path's memory, and orjson's word on bad JSON."""
+    try:
+        data: list[Any] = orjson.loads(memoryview(body)[span.start : span.end + 1])
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{_NOT_JSON}: input {name!r} data (at byte {span.start}): {exc}") from None
+    return data
 
 
 class _Unchunked(Exception):
@@ -270,14 +313,27 @@ def _chunks(body: bytes, span: Span, nested: bool) -> Iterator[list[Any]]:
 def _values(data: list[Any]) -> tuple[list[Any], set[type]]:
     """Lists nested in any way -> one flat list in row-major order, and the set of its values' types."""
     flat = data
+    while flat and type(flat[0]) is list and (joined := _join(flat)) is not None:
+        flat = joined  # the common nesting: every level a list of lists
     types = set(map(type, flat))
-    while types == _LISTS:  # the common nesting: every level a list of lists
-        flat = list(chain.from_iterable(flat))
-        types = set(map(type, flat))
     if list in types:  # mixed or ragged nesting
         flat = _flatten(flat)
         types = set(map(type, flat))
     return flat, types
+
+
+def _join(rows: list[Any]) -> list[Any] | None:
+    """A list of lists with one level of nesting removed; None if some row is not a list.
+
+    Only all-list levels are joined, so each value is copied once (a mixed list would be
+    copied again at every level below: ``_flatten`` takes those).
+    """
+    out: list[Any] = []
+    for row in rows:
+        if type(row) is not list:
+            return None
+        out += row
+    return out
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -295,47 +351,44 @@ def _flatten(data: list[Any]) -> list[Any]:
     return out
 
 
-def _typed(name: str, datatype: str, flat: list[Any], base: int, types: set[type] | None) -> Any:
-    """A flat list of JSON values -> a 1-D array of the datatype, or InvalidInput naming the value.
+def _typed(name: str, datatype: str, flat: list[Any], base: int) -> Any:
+    """A flat list of values of the right JSON types -> a 1-D array of the datatype.
 
-    ``types``: the set of the values' types; None when the caller knows they fit the datatype.
+    InvalidInput names a value outside the datatype's range; ``base``: the index of ``flat[0]``.
     """
-    allowed = _ALLOWED[datatype]
-    if types is not None and not types <= allowed:
-        index, value = next((i, v) for i, v in enumerate(flat) if type(v) not in allowed)
-        raise InvalidInput(
-            f"input {name!r}: {datatype} data must be {_KIND[datatype]}; {show(value)} at index {base + index} "
-            f"is {_JSON_TYPE.get(type(value), type(value).__name__)}"
-        )
     dtype = DATATYPES[datatype]
-    code = _PACK_CODES.get(datatype)
-    if code is not None and flat:  # FP16, FP32: a float may overflow to infinity
-        if len(flat) < _VECTOR_MIN:
-            # struct rounds as numpy does, and raises OverflowError where numpy gives inf.
-            packer = _PACKERS.get((code, len(flat))) or _PACKERS.setdefault(
-                (code, len(flat)), struct.Struct(f"<{len(flat)}{code}")
-            )
-            try:
-                return np.frombuffer(packer.pack(*flat), dtype)
-            except OverflowError:
-                _check_finite(name, datatype, flat, base)
-                raise InvalidInput(f"input {name!r}: a value is outside the {datatype} range") from None
-        near = _NEAR_OVERFLOW[datatype]
+    near = _NEAR_OVERFLOW.get(datatype)
+    if near is not None and flat:  # FP16, FP32: a float may overflow to infinity
         wide = np.array(flat, np.float64)  # exact for JSON floats; ints round as a direct cast does
         if wide.max() >= near or wide.min() <= -near:
             _check_finite(name, datatype, flat, base)
         return wide.astype(dtype)
     try:
         return np.array(flat, dtype)
-    except OverflowError:  # an integer outside the datatype's range
-        info = np.iinfo(dtype)
-        index, value = next((i, v) for i, v in enumerate(flat) if not info.min <= v <= info.max)
-        raise InvalidInput(
-            f"input {name!r}: {value} at index {base + index} is outside the {datatype} range [{info.min}, {info.max}]"
-        ) from None
+    except OverflowError:
+        raise _range_error(name, datatype, flat, base) from None
 
 
-def _check_finite(name: str, datatype: str, values: list[Any], base: int) -> None:
+def _range_error(name: str, datatype: str, flat: list[Any], base: int) -> InvalidInput:
+    """The first integer outside the datatype's range (what made numpy raise OverflowError)."""
+    info = np.iinfo(DATATYPES[datatype])
+    index, value = next((i, v) for i, v in enumerate(flat) if not info.min <= v <= info.max)
+    return InvalidInput(
+        f"input {name!r}: {value} at index {base + index} is outside the {datatype} range [{info.min}, {info.max}]"
+    )
+
+
+def _type_error(name: str, datatype: str, flat: list[Any], base: int) -> InvalidInput:
+    allowed = _ALLOWED[datatype]
+    index, value = next((i, v) for i, v in enumerate(flat) if type(v) not in allowed)
+    return InvalidInput(
+        f"input {name!r}: {datatype} data must be {_KIND[datatype]}; {show(value)} at index {base + index} "
+        f"is {_JSON_TYPE.get(type(value), type(value).__name__)}"
+    )
+
+
+def _check_finite(name: str, datatype: str, values: list[Any], base: int) -> Any:
+    """``values`` as a 1-D FP16/FP32 array; InvalidInput naming the first one that overflows."""
     dtype = DATATYPES[datatype]
     with np.errstate(over="ignore"):
         narrow = np.array(values, dtype)
@@ -346,6 +399,7 @@ def _check_finite(name: str, datatype: str, values: list[Any], base: int) -> Non
             f"input {name!r}: {show(values[index])} at index {base + index} is outside the {datatype} range "
             f"(largest finite value {float(np.finfo(dtype).max)})"
         )
+    return narrow
 
 
 # --- binary data ---------------------------------------------------------------------------------

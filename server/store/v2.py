@@ -51,6 +51,7 @@ from server.errors import (
     UnsupportedMediaType,
 )
 from server.settings import Settings
+from server.store.sessions import shape_fits
 from server.store.store import Model, ModelState, ModelStore
 from server.store.tensors import (
     DATATYPES,
@@ -118,7 +119,9 @@ class V2Handler:
 
     # --- routing -------------------------------------------------------------------------
     def _route(self, method: str, path: str, body: bytes, headers: Mapping[str, str], request_id: str | None) -> Reply:
-        parts = [p for p in path.split("/") if p]
+        parts = path.strip("/").split("/")
+        if "" in parts:  # a doubled slash, or the path "/"
+            parts = [p for p in parts if p]
         if not parts or parts[0] != "v2":
             raise NotFound(f"Unknown path {path}")
         if len(parts) == 1:
@@ -217,7 +220,9 @@ class V2Handler:
         if request_id is not None and not isinstance(request_id, str):
             raise BadRequest(f"'id' must be a string, not {show(request_id)}")
         parameters = _object(request.get("parameters"), "parameters")
-        binary_default = _flag(parameters, "binary_data_output", "parameters")
+        binary_default = parameters.get("binary_data_output")
+        if binary_default is not None:
+            binary_default = _flag(parameters, "binary_data_output", "parameters")
         names, as_binary = _requested_outputs(model, request.get("outputs"), binary_default)
         items = request.pop("inputs", None)
         del request  # the decoded inputs replace the parsed data; keep neither twice
@@ -274,12 +279,14 @@ class V2Handler:
                 raise InvalidInput(
                     f"input {name!r} has datatype {datatype}; model {model.name!r} expects {spec.datatype}"
                 )
-            if spec.shape and not _fits(shape, spec.shape):
+            if spec.shape and not shape_fits(shape, spec.shape):
                 # Model.run checks this too; here it comes before any array is made.
                 raise InvalidInput(
                     f"input {name!r} has shape {shape}; model {model.name!r} expects {list(spec.shape)} (-1: any size)"
                 )
-            size = _object(item.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
+            size = None
+            if (parameters := item.get("parameters")) is not None:  # no message built on the hot path
+                size = _object(parameters, f"input {name!r} parameters").get("binary_data_size")
             try:
                 if size is not None:
                     if binary is None:
@@ -338,16 +345,6 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(f"{what} must be a JSON object")
     return value
-
-
-def _fits(shape: list[int], expected: tuple[int, ...]) -> bool:
-    """Whether a shape matches a model's (-1: any size)."""
-    if len(shape) != len(expected):
-        return False
-    for d, e in zip(shape, expected, strict=True):  # noqa: SIM110 (a loop: no generator on the hot path)
-        if e >= 0 and d != e:
-            return False
-    return True
 
 
 def _flag(parameters: dict[str, Any], key: str, what: str) -> bool | None:

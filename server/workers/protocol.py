@@ -11,6 +11,7 @@ write in each direction, and many requests share one system call under load.
     READY   worker -> front   init() finished (:class:`ScriptInfo`, model state)
     FAILED  worker -> front   loading or init() failed, with the message
     STATE   worker -> front   start-up progress (models loaded so far)
+    STATS   worker -> front   model-store counters for /metrics, changes only, about once a second
     REPLY   worker -> front   the answer to one CALL (:class:`Reply`); with ``stream``
                               set, only its head: CHUNK frames and one END follow
     CHUNK   worker -> front   a piece of a streamed reply
@@ -40,6 +41,7 @@ class Kind(enum.IntEnum):
     READY = 0x52  # "R"
     FAILED = 0x46  # "F"
     STATE = 0x50  # "P"
+    STATS = 0x4D  # "M"
     REPLY = 0x41  # "A"
     CHUNK = 0x44  # "D"
     END = 0x45  # "E"
@@ -76,10 +78,11 @@ _METHOD_CODE = {m: i for i, m in enumerate(METHODS)}
 NO_START_BY = math.inf
 
 _LEN = struct.Struct("<I")
-# kind, call_id, target, method, deadline, start_by, rid_len, ctype_len, path_len, query_len, headers_len
-_CALL = struct.Struct("<BIBBddBHHII")
-# kind, call_id, status, flags, exec_ms, ctype_len, headers_len
-_REPLY = struct.Struct("<BIHBdHI")
+# kind, call_id, target, method, deadline, start_by, rid_len, ctype_len, path_len, query_len, headers_len,
+# traceparent_len
+_CALL = struct.Struct("<BIBBddBHHIIB")
+# kind, call_id, status, flags, exec_ms, started_at, ctype_len, headers_len
+_REPLY = struct.Struct("<BIHBddHI")
 # kind, call_id (+ data for CHUNK)
 _ID = struct.Struct("<BI")
 # kind, call_id, flags
@@ -115,6 +118,8 @@ class Call:
     path: str = ""
     # Sent only when the worker asked for them (MetaLevel.FULL).
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # W3C traceparent of the HTTP request's span, when tracing is on: run()'s span is its child.
+    traceparent: str = ""
 
 
 @dataclass(slots=True)
@@ -131,6 +136,8 @@ class Reply:
     run_failed: bool = False
     exec_ms: float | None = None
     stream: bool = False
+    # time.monotonic() when the worker began the call (the end of its queue wait), if it did.
+    started_at: float | None = None
 
     @classmethod
     def from_error(cls, exc: BaseException, *, v2: bool = False) -> Reply:
@@ -150,6 +157,9 @@ class ScriptInfo:
     input_schema: Any = None
     output_schema: Any = None
     swagger_versions: list[str] = field(default_factory=list)
+    # The run() parameters without a default (request_headers left out): a schema run()
+    # answers 400 when one is missing, so the swagger document marks them required.
+    required_params: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -160,6 +170,7 @@ class ScriptInfo:
             "input_schema": self.input_schema,
             "output_schema": self.output_schema,
             "swagger_versions": self.swagger_versions,
+            "required_params": self.required_params,
         }
 
     @classmethod
@@ -172,6 +183,7 @@ class ScriptInfo:
             data.get("input_schema"),
             data.get("output_schema"),
             list(data.get("swagger_versions", [])),
+            list(data.get("required_params", [])),
         )
 
 
@@ -191,6 +203,7 @@ def encode_call(call: Call) -> bytes:
     path = call.path.encode("latin-1")
     query = call.query.encode("latin-1")
     headers = orjson.dumps(call.headers) if call.headers else b""
+    trace = call.traceparent.encode("latin-1")
     head = _CALL.pack(
         Kind.CALL,
         call.call_id,
@@ -203,17 +216,19 @@ def encode_call(call: Call) -> bytes:
         len(path),
         len(query),
         len(headers),
+        len(trace),
     )
-    size = len(head) + len(rid) + len(ctype) + len(path) + len(query) + len(headers) + len(call.body)
-    return b"".join((_LEN.pack(size), head, rid, ctype, path, query, headers, call.body))
+    size = len(head) + len(rid) + len(ctype) + len(path) + len(query) + len(headers) + len(trace) + len(call.body)
+    return b"".join((_LEN.pack(size), head, rid, ctype, path, query, headers, trace, call.body))
 
 
 def encode_reply(call_id: int, reply: Reply) -> bytes:
     ctype = (reply.content_type or "").encode()
     headers = orjson.dumps(reply.headers) if reply.headers else b""
     exec_ms = math.nan if reply.exec_ms is None else reply.exec_ms
+    started_at = math.nan if reply.started_at is None else reply.started_at
     flags = (_FLAG_RUN_FAILED if reply.run_failed else 0) | (_FLAG_STREAM if reply.stream else 0)
-    head = _REPLY.pack(Kind.REPLY, call_id, reply.status, flags, exec_ms, len(ctype), len(headers))
+    head = _REPLY.pack(Kind.REPLY, call_id, reply.status, flags, exec_ms, started_at, len(ctype), len(headers))
     size = len(head) + len(ctype) + len(headers) + len(reply.body)
     return b"".join((_LEN.pack(size), head, ctype, headers, reply.body))
 
@@ -246,9 +261,8 @@ def encode_message(kind: Kind, payload: dict[str, Any] | None = None) -> bytes:
 
 # --- decoding -------------------------------------------------------------------
 def decode_call(frame: memoryview) -> Call:
-    (_, call_id, target, method, deadline, start_by, rid_len, ctype_len, path_len, query_len, headers_len) = (
-        _CALL.unpack_from(frame)
-    )
+    (_, call_id, target, method, deadline, start_by, rid_len, ctype_len, path_len, query_len, headers_len,
+     trace_len) = _CALL.unpack_from(frame)  # fmt: skip
     pos = _CALL.size
     rid = bytes(frame[pos : pos + rid_len]).decode()
     pos += rid_len
@@ -260,6 +274,8 @@ def decode_call(frame: memoryview) -> Call:
     pos += query_len
     headers = [(k, v) for k, v in orjson.loads(frame[pos : pos + headers_len])] if headers_len else []
     pos += headers_len
+    trace = bytes(frame[pos : pos + trace_len]).decode("latin-1") if trace_len else ""
+    pos += trace_len
     return Call(
         call_id,
         Target(target),
@@ -272,11 +288,12 @@ def decode_call(frame: memoryview) -> Call:
         ctype,
         path,
         headers,
+        trace,
     )
 
 
 def decode_reply(frame: memoryview) -> tuple[int, Reply]:
-    _, call_id, status, flags, exec_ms, ctype_len, headers_len = _REPLY.unpack_from(frame)
+    _, call_id, status, flags, exec_ms, started_at, ctype_len, headers_len = _REPLY.unpack_from(frame)
     pos = _REPLY.size
     ctype = bytes(frame[pos : pos + ctype_len]).decode() if ctype_len else None
     pos += ctype_len
@@ -290,6 +307,7 @@ def decode_reply(frame: memoryview) -> tuple[int, Reply]:
         bool(flags & _FLAG_RUN_FAILED),
         None if math.isnan(exec_ms) else exec_ms,
         bool(flags & _FLAG_STREAM),
+        None if math.isnan(started_at) else started_at,
     )
     return call_id, reply
 
