@@ -69,6 +69,23 @@ def run_markdown(summary: dict[str, Any], check_list: list[dict[str, Any]], file
                 f"| {s['label']} | {s['users']} | {offered} | {s['rps'] or 0:,.0f} | {ms_text(s['p50_ms'])} | "
                 f"{ms_text(s['p99_ms'])} | {s['requests'] - s['ok']} | {'yes' if s['under_target'] else 'no'} |"
             )
+    if summary.get("streaming"):
+        lines += [
+            "",
+            "## Streaming",
+            "",
+            "Every chunk read is one record (ttfc for the first, chunk-gap for the others), and every "
+            "stream one more, so the tables above count records, not HTTP requests.",
+            "",
+            *stream_lines(summary["streaming"]),
+        ]
+    c = summary.get("cpu")
+    if c:
+        lines += [
+            "",
+            f"Cores used during the run: server {c['server_cores']:.2f}, Locust {c['locust_cores']:.2f}, "
+            f"other processes {c['other_cores']:.2f} (over {c['seconds']:.0f} s).",
+        ]
     if summary["exceptions"]:
         lines += [
             "",
@@ -80,6 +97,30 @@ def run_markdown(summary: dict[str, Any], check_list: list[dict[str, Any]], file
         lines += ["", "## Files", ""] + [f"- {f}" for f in files]
     lines.append("")
     return "\n".join(lines)
+
+
+def stream_lines(st: dict[str, Any]) -> list[str]:
+    """The streaming profile's table: time to first chunk, gaps between chunks, whole streams."""
+    rate = "" if st["chunks_per_s"] is None else f"{st['chunks_per_s']:,.0f}"
+    srate = "" if st["streams_per_s"] is None else f"{st['streams_per_s']:,.1f}"
+    lines = [
+        f"{st['streams']:,} streams ({srate}/s), {st['complete_streams']:,} complete; "
+        f"{st['chunks']:,} chunks ({rate} chunks/s)",
+        "",
+        "| | records | p50 | p90 | p99 | max |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    rows = (
+        ("time to first chunk", st["ttfc"], st["ttfc_records"]),
+        ("chunk gap", st["chunk_gap"], st["gap_records"]),
+        ("whole stream (complete ones)", st["stream"], st["complete_streams"]),
+    )
+    for label, lat, count in rows:
+        lines.append(
+            f"| {label} | {count:,} | {ms_text(lat['p50_ms'])} | {ms_text(lat['p90_ms'])} | "
+            f"{ms_text(lat['p99_ms'])} | {ms_text(lat['max_ms'])} |"
+        )
+    return lines
 
 
 # --- the side-by-side benchmark -------------------------------------------------------------
@@ -225,23 +266,27 @@ def _workload_table(agg: list[dict[str, Any]], sub: list[dict[str, Any]]) -> lis
     """One workload and generator: a row per concurrency and system, with the ratios to the others."""
     lines = [
         "| conc | system | req/s [min-max] | p50 ms | p99 ms | errors | srv CPU µs/req | "
-        "req/s vs azmlinfsrv | p99 vs azmlinfsrv | req/s vs floor | foreign cores |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "req/s vs azmlinfsrv | p99 vs azmlinfsrv | req/s vs floor | req/s vs scorehost | foreign cores |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     wl, gen = sub[0]["workload"], sub[0]["generator"]
+    # compare.py's --variant systems (another checkout, extra environment) follow the three known ones.
+    systems = [*SYSTEMS, *sorted({r["system"] for r in sub} - set(SYSTEMS))]
     for conc in sorted({r["conc"] for r in sub}):
         aml = _find(agg, "azmlinfsrv", wl, conc, gen)
         fl = _find(agg, "floor", wl, conc, gen)
-        for system in SYSTEMS:
+        sh = _find(agg, "scorehost", wl, conc, gen)
+        for system in systems:
             r = _find(agg, system, wl, conc, gen)
             if r is None:
                 continue
             vs_aml = "" if system == "azmlinfsrv" else times(_ratio_of(r, aml, "rps"), 1)
             p99_aml = "" if system == "azmlinfsrv" else times(_ratio_of(r, aml, "p99_ms"))
             vs_fl = "" if system == "floor" else times(_ratio_of(r, fl, "rps"))
+            vs_sh = "" if system in SYSTEMS else times(_ratio_of(r, sh, "rps"), 3)
             lines.append(
                 f"| {conc} | {system} | {r['rps']:,.0f} [{r['rps_min']:,.0f}-{r['rps_max']:,.0f}] | "
                 f"{num(r['p50_ms'])} | {num(r['p99_ms'])} | {r['errors']} | {num(r[CPU_PER_REQ], 0)} | "
-                f"{vs_aml} | {p99_aml} | {vs_fl} | {r['foreign_cores_max']:.2f} |"
+                f"{vs_aml} | {p99_aml} | {vs_fl} | {vs_sh} | {r['foreign_cores_max']:.2f} |"
             )
     return lines
