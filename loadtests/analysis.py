@@ -201,7 +201,40 @@ def summarize(run: RunData) -> dict[str, Any]:
         summary["knee"] = knee(steps)
     if run.meta.get("profile") == "multi-model":
         summary["models"] = model_shares(run)
+    if run.meta.get("profile") == "streaming":
+        summary["streaming"] = stream_stats(run)
     return summary
+
+
+def stream_stats(run: RunData) -> dict[str, Any]:
+    """The streaming profile's figures, from its three request names (profiles.STREAM_*).
+
+    A chunk is a token of --token-bytes; every chunk read makes one ttfc or chunk-gap
+    record, so their count over the run's length is the chunks per second the clients got.
+    """
+    names = run.meta.get("names", [])
+
+    def named(name: str) -> np.ndarray:
+        return np.asarray(run.name == (names.index(name) if name in names else -1))
+
+    ok = is_ok(run.status)
+    ttfc, gaps, whole = named(profiles.STREAM_TTFC), named(profiles.STREAM_GAP), named(profiles.STREAM_WHOLE)
+    complete = whole & ok & ((run.flags & FLAG_INVALID_BODY) == 0)
+    duration = run.duration_s
+    chunks = int(ttfc.sum() + gaps.sum())
+    return {
+        "streams": int(whole.sum()),
+        "ok_streams": int((whole & ok).sum()),
+        "complete_streams": int(complete.sum()),
+        "ttfc_records": int(ttfc.sum()),
+        "gap_records": int(gaps.sum()),
+        "chunks": chunks,
+        "streams_per_s": round(int(whole.sum()) / duration, 1) if duration > 0 else None,
+        "chunks_per_s": round(chunks / duration, 1) if duration > 0 else None,
+        "ttfc": latency_stats(run.latency[ttfc]),
+        "chunk_gap": latency_stats(run.latency[gaps]),
+        "stream": latency_stats(run.latency[complete]),
+    }
 
 
 def model_shares(run: RunData) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def evaluate(run: RunData, summary: dict[str, Any]) -> list[dict[str, Any]]:
     non_ok = overall["requests"] - overall["ok"]
     errors_text = ", ".join(f"{k}: {v}" for k, v in overall["errors_by_status"].items()) or "none"
 
-    if profile in ("steady", "payloads", "multi-model"):
+    if profile in ("steady", "payloads", "multi-model", "streaming"):
         out.append(_check("no error responses", non_ok == 0, f"non-2xx: {errors_text}"))
 
     if profile == "payloads":
@@ -89,7 +89,32 @@ def evaluate(run: RunData, summary: dict[str, Any]) -> list[dict[str, Any]]:
         out.extend(_timeout_checks(run, cfg))
     if profile == "multi-model":
         out.extend(_model_checks(summary))
+    if profile == "streaming":
+        out.extend(_stream_checks(cfg, summary))
     return out
+
+
+def _stream_checks(cfg: profiles.LoadConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    st = summary.get("streaming") or {}
+    streams, ok_streams, complete = st.get("streams", 0), st.get("ok_streams", 0), st.get("complete_streams", 0)
+    ttfc = st.get("ttfc_records", 0)
+    # Every 2xx stream brought at least its first chunk, so it has exactly one ttfc record.
+    ttfc_ok = ttfc > 0 and ttfc == ok_streams
+    p50, p99_ = (st.get("ttfc") or {}).get("p50_ms"), (st.get("ttfc") or {}).get("p99_ms")
+    want = cfg.tokens * cfg.token_bytes
+    return [
+        _check(
+            "time to first chunk recorded",
+            ttfc_ok,
+            f"{ttfc} ttfc records for {ok_streams} 2xx streams; p50 {ms_text(p50)}, p99 {ms_text(p99_)}",
+        ),
+        _check(
+            "every stream complete",
+            streams > 0 and complete == streams,
+            f"{complete} of {streams} streams brought all {cfg.tokens} chunks x {cfg.token_bytes} B "
+            f"= {want} B; {summary['invalid_bodies']} short or long",
+        ),
+    ]
 
 
 def _spike_checks(run: RunData, cfg: profiles.LoadConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -111,7 +111,7 @@ def measure(cell: Cell, server: servers.Server, body: Path, args: argparse.Names
     kids0, self0 = cpu.children_cpu_seconds(), cpu.own_cpu_seconds()
     t0 = time.monotonic()
     if cell.generator == "wrk":
-        cell.record(generators.run_wrk(server.url, body, cell.conc, args.duration, args.load_cpus))
+        cell.record(generators.run_wrk(server.url, body, cell.conc, args.duration, args.load_cpus, args.header))
     else:
         out = work / f"locust-{cell.system}-{cell.workload}-c{cell.conc}-r{cell.round}"
         cell.record(generators.run_locust_steady(server.url, body, cell.conc, args.duration, args.load_cpus, out))
@@ -167,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="an extra scorehost system to list in --systems: NAME:@PATH runs scorehost from another checkout "
         "(before/after), NAME:KEY=VALUE[,KEY=VALUE] adds environment (a feature on against off)",
     )
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header sent to every system with every request (wrk; the body check too). A variant that sets "
+        "SCOREHOST_PRIMARY_KEY gets 'Authorization: Bearer <key>' sent to every system unless one is given, "
+        "so that all systems receive the same bytes",
+    )
     p.add_argument("--aml-venv", type=Path, default=servers.AML_VENV)
     p.add_argument("--no-install", action="store_true", help="do not create the azmlinfsrv venv or install wrk")
     p.add_argument("--out", type=Path, help="result folder (default loadtests/results/compare-<time>)")
@@ -218,6 +227,38 @@ def variants(args: argparse.Namespace) -> dict[str, Variant]:
     return out
 
 
+_SECRET_ENV = ("SCOREHOST_PRIMARY_KEY", "SCOREHOST_SECONDARY_KEY", "SCOREHOST_API_KEY", "SCOREHOST_TOKEN_SECRET")
+
+
+def _auth_header(headers: list[str], extra: dict[str, Variant]) -> list[str]:
+    """The headers to send: ``headers``, plus a variant's key as a bearer token when none is given."""
+    if any(h.lower().startswith("authorization:") for h in headers):
+        return headers
+    for variant in extra.values():
+        key = variant.env.get("SCOREHOST_PRIMARY_KEY") or variant.env.get("SCOREHOST_API_KEY")
+        if key:
+            return [*headers, f"Authorization: Bearer {key}"]
+    return headers
+
+
+def _masked(env: dict[str, str]) -> dict[str, str]:
+    """results.json never holds a key."""
+    return {k: "***" if k.upper() in _SECRET_ENV else v for k, v in env.items()}
+
+
+def _masked_header(line: str) -> str:
+    name, sep, _ = line.partition(":")
+    return f"{name}: ***" if sep and name.strip().lower() == "authorization" else line
+
+
+def _masked_variant(item: str) -> str:
+    name, sep, spec = item.partition(":")
+    if not sep or spec.startswith("@"):
+        return item
+    pairs = (p.partition("=") for p in spec.split(","))
+    return f"{name}:" + ",".join(f"{k}={'***' if k.upper() in _SECRET_ENV else v}" for k, _, v in pairs)
+
+
 def _meta(args: argparse.Namespace, wls: dict[str, Workload], sh_env: dict[str, str], aml: bool) -> dict[str, Any]:
     """What results.json records about the run: arguments, host, versions, workloads."""
     versions = {name: servers.dist_version(name) for name in ("scorehost", "locust", "starlette", "uvicorn")}
@@ -239,8 +280,17 @@ def _meta(args: argparse.Namespace, wls: dict[str, Workload], sh_env: dict[str, 
     }
 
 
-def _check_bodies(wls: dict[str, Workload], systems: list[str], running: dict[tuple[str, str], servers.Server]) -> None:
+def _check_bodies(
+    wls: dict[str, Workload],
+    systems: list[str],
+    running: dict[tuple[str, str], servers.Server],
+    extra_headers: tuple[str, ...] | list[str] = (),
+) -> None:
     """Every server answers 200 to its workloads' bodies before anything is measured."""
+    headers = {"Content-Type": "application/json"}
+    for line in extra_headers:
+        name, _, value = line.partition(":")
+        headers[name.strip()] = value.strip()
     for w in wls.values():
         for system in systems:
             srv = running[(system, w.script)]
@@ -248,7 +298,7 @@ def _check_bodies(wls: dict[str, Workload], systems: list[str], running: dict[tu
                 srv.url + "/score",
                 method="POST",
                 body=w.body.read_bytes(),
-                headers={"Content-Type": "application/json"},
+                headers=headers,
                 timeout_s=30,
             )
             if status != 200:
@@ -312,9 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         meta["versions"]["wrk"] = generators.wrk_version()
     running: dict[tuple[str, str], servers.Server] = {}
     extra = variants(args)
+    args.header = _auth_header(args.header, extra)
     meta["variants"] = {
-        k: {"checkout": str(v.checkout) if v.checkout else None, "env": v.env} for k, v in extra.items()
+        k: {"checkout": str(v.checkout) if v.checkout else None, "env": _masked(v.env)} for k, v in extra.items()
     }
+    meta["args"]["header"] = [_masked_header(h) for h in args.header]
+    meta["args"]["variant"] = [_masked_variant(v) for v in args.variant]
     try:
         for system in systems:
             variant = extra.get(system)
@@ -332,10 +385,10 @@ def main(argv: list[str] | None = None) -> int:
                     checkout=variant.checkout if variant else None,
                 )
         meta["pinning_verified"] = all(s.pinned() for s in running.values())
-        _check_bodies(wls, systems, running)
+        _check_bodies(wls, systems, running, args.header)
         if args.warmup > 0 and "wrk" in gens:
             for srv in running.values():  # the batch-1 body is valid for the echo and the model script alike
-                generators.run_wrk(srv.url, pl.b1_file(), 8, args.warmup, args.load_cpus)
+                generators.run_wrk(srv.url, pl.b1_file(), 8, args.warmup, args.load_cpus, args.header)
         plan = [(s, w, c, g) for s in systems for w in wls for c in concs for g in gens]
         cells = _run_cells(args, plan, wls, running, out)
     except RuntimeError as exc:

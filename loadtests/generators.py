@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,11 +75,20 @@ def wrk_version() -> str:
     return (res.stdout or res.stderr).split("[")[0].replace("wrk", "").strip()
 
 
-def run_wrk(url: str, body: Path, conns: int, seconds: float, cpus: str | None) -> Load | str:
-    """POST ``body`` to ``url``/score over ``conns`` connections; the figures, or why it failed.
+def run_wrk(
+    url: str,
+    body: Path,
+    conns: int,
+    seconds: float,
+    cpus: str | None,
+    headers: Sequence[str] = (),
+    path: str = "/score",
+) -> Load | str:
+    """POST ``body`` to ``url`` + ``path`` over ``conns`` connections; the figures, or why it failed.
 
     ``loadtests/wrk/post.lua`` reads the body once and prints exact percentiles from
-    wrk's histogram as one ``WRKJSON`` line.
+    wrk's histogram as one ``WRKJSON`` line. ``headers``: extra ``"Name: value"`` lines sent
+    with every request (an ``Authorization`` header for a server with key auth).
     """
     cmd = [
         *cpu.taskset_prefix(cpus),
@@ -90,9 +100,10 @@ def run_wrk(url: str, body: Path, conns: int, seconds: float, cpus: str | None) 
         "5s",
         "-s",
         str(LUA),
-        url + "/score",
+        url + path,
         "--",
         str(body),
+        *headers,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO))
     timer = _watch(proc, seconds + WRK_GRACE_S)

@@ -1,4 +1,4 @@
-"""scorehost load profiles for Locust: steady, ramp, spike, multi-model, timeout, payloads.
+"""scorehost load profiles for Locust: steady, ramp, spike, multi-model, timeout, payloads, streaming.
 
 Point it at any deployment (your own included):
 
@@ -17,11 +17,14 @@ this: it starts a local server, runs headless and writes the reports and plots.
 from __future__ import annotations
 
 import bisect
+import http.client
+import itertools
 import json
 import logging
 import random
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +69,7 @@ class Context:
     zipf_cum: list[float] = field(default_factory=list)
     slow_body: bytes = b""
     fast_body: bytes = b""
+    stream_body: bytes = b""
     over_steps: int = 0
     setup_error: str = ""
     saved: bool = False
@@ -135,6 +139,17 @@ def _prepare(environment: Environment) -> None:
         CTX.fast_body = json.dumps({"sleep_ms": cfg.fast_ms}).encode()
         return
 
+    if cfg.profile == "streaming":
+        if cfg.tokens < 1 or cfg.token_bytes < 1:
+            raise ValueError("streaming needs --lt-tokens and --lt-token-bytes of at least 1")
+        CTX.path = cfg.path or "/score"
+        # The body loadtests/scripts/streamer.py reads.
+        CTX.stream_body = json.dumps(
+            {"n": cfg.tokens, "delay_ms": cfg.token_delay_ms, "size": cfg.token_bytes}
+        ).encode()
+        _warm_up_stream(host, cfg.timeout_s)
+        return
+
     if cfg.model:
         CTX.path = cfg.path or f"/v2/models/{cfg.model}/infer"
         meta = pl.fetch_metadata(host, cfg.model, CTX.headers, cfg.timeout_s)
@@ -153,6 +168,26 @@ def _prepare(environment: Environment) -> None:
         CTX.names = [f"POST {CTX.path}"]
     else:
         CTX.names = [f"POST {CTX.path} [{b.label}, {b.size_text}]" for b in bodies]
+
+
+def _warm_up_stream(host: str, timeout_s: float) -> None:
+    """One stream read to its end and not recorded, before the users start.
+
+    A run has few streams per user (about six a second at the defaults), so the p99 of
+    time to first chunk would otherwise be the server's very first streamed call, which
+    is slow (121 ms against a p50 of 3 ms in one 1-user run here).
+    """
+    url = urllib.parse.urlsplit(host)
+    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = cls(url.hostname or "127.0.0.1", url.port, timeout=timeout_s)
+    try:
+        conn.request("POST", CTX.path, body=CTX.stream_body, headers=CTX.headers)
+        conn.getresponse().read()
+    except (OSError, http.client.HTTPException) as exc:
+        # The run itself records what goes wrong; a warm-up only saves it a cold start.
+        log.warning("streaming warm-up failed: %s", exc)
+    finally:
+        conn.close()
 
 
 def _on_test_start(environment: Environment, **_: Any) -> None:
@@ -248,6 +283,7 @@ class ScoreUser(FastHttpUser):
         super().__init__(environment)
         self._next_at = 0.0
         self._rng = random.Random()
+        self._stream_conn: http.client.HTTPConnection | None = None
 
     def wait_time(self) -> float:
         cfg = CTX.cfg
@@ -274,6 +310,8 @@ class ScoreUser(FastHttpUser):
             self._timeout()
         elif cfg.profile == "payloads":
             self._payloads()
+        elif cfg.profile == "streaming":
+            self._streaming()
         else:
             i = self._rng.randrange(len(CTX.bodies)) if len(CTX.bodies) > 1 else 0
             _post(self.client, CTX.path, CTX.bodies[i].body, name=CTX.names[i])
@@ -306,6 +344,148 @@ class ScoreUser(FastHttpUser):
             _post(self.client, CTX.path, CTX.slow_body, name=f"POST {CTX.path} [slow]")
         else:
             _post(self.client, CTX.path, CTX.fast_body, name=f"POST {CTX.path} [fast]")
+
+    # --- streaming ---------------------------------------------------------------------
+    #
+    # FastHttpUser's client hands over a reply only once it is whole, so the streaming
+    # user reads with http.client instead: Locust has gevent-patched the socket module,
+    # so resp.read1() waits cooperatively, and each read returns what has arrived.
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """This user's keep-alive connection to the host, opened on first use."""
+        if self._stream_conn is None:
+            assert CTX.cfg is not None
+            url = urllib.parse.urlsplit(self.host or "")
+            cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+            self._stream_conn = cls(url.hostname or "127.0.0.1", url.port, timeout=CTX.cfg.timeout_s)
+        return self._stream_conn
+
+    def _drop_connection(self) -> None:
+        if self._stream_conn is not None:
+            self._stream_conn.close()
+            self._stream_conn = None
+
+    def on_stop(self) -> None:
+        self._drop_connection()
+
+    def _streaming(self) -> None:
+        """One streamed reply: a ttfc event, a chunk-gap event per later chunk, a stream event."""
+        assert CTX.cfg is not None
+        n, size = CTX.cfg.tokens, CTX.cfg.token_bytes
+        expected = n * size
+        started_epoch = time.time()
+        t0 = time.perf_counter()
+        # perf_counter() at which each chunk's last byte was read. Chunks are counted by
+        # bytes, not by reads: a read may carry several chunks (the client then saw them
+        # arrive together, gap 0) or, rarely, part of one.
+        arrivals: list[float] = []
+        status = 0
+        got = 0
+        content = b""
+        error: BaseException | None = None
+        headers: dict[str, str] = {}
+        try:
+            resp = self._send_stream_request()
+            status = resp.status
+            if not 200 <= status < 300:
+                content = resp.read()
+                headers = {k.lower(): v for k, v in resp.getheaders()}
+                error = RuntimeError(f"HTTP {status}")
+            else:
+                # Bounded: every pass reads at least one byte or ends the loop, the socket
+                # timeout bounds each wait, and a reply longer than asked for stops it.
+                while data := resp.read1(65536):
+                    now = time.perf_counter()
+                    got += len(data)
+                    if got > expected:
+                        break
+                    done = got // size
+                    arrivals.extend([now] * (done - len(arrivals)))
+                if got != expected:
+                    error = ValueError(f"stream of {got}+ bytes, expected {n} chunks x {size} B = {expected}")
+                    self._drop_connection()  # the rest of an over-long reply is still unread
+            if resp.will_close:
+                self._drop_connection()
+        except (OSError, http.client.HTTPException) as exc:
+            error = exc
+            self._drop_connection()
+        end = time.perf_counter()
+        self._fire_stream(started_epoch, t0, end, arrivals, _Answer(status, content, headers), got, error)
+
+    def _send_stream_request(self) -> http.client.HTTPResponse:
+        """POST the stream's body and read the reply's head.
+
+        A kept-alive connection the server closed while idle (its keep-alive timeout)
+        fails on first use; that one case is retried once on a new connection, so it is
+        not counted as a connection error.
+        """
+        reused = self._stream_conn is not None
+        try:
+            conn = self._connection()
+            conn.request("POST", CTX.path, body=CTX.stream_body, headers=CTX.headers)
+            return conn.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if not reused:
+                raise
+            self._drop_connection()
+            conn = self._connection()
+            conn.request("POST", CTX.path, body=CTX.stream_body, headers=CTX.headers)
+            return conn.getresponse()
+
+    def _fire_stream(
+        self,
+        started_epoch: float,
+        t0: float,
+        end: float,
+        arrivals: list[float],
+        answer: _Answer,
+        got: int,
+        error: BaseException | None,
+    ) -> None:
+        assert CTX.cfg is not None
+        fire = self.environment.events.request.fire
+        size = CTX.cfg.token_bytes
+        if arrivals:
+            fire(
+                request_type="STREAM",
+                name=profiles.STREAM_TTFC,
+                response_time=(arrivals[0] - t0) * 1000.0,
+                response_length=size,
+                response=answer,
+                context={},
+                exception=None,
+                start_time=started_epoch,
+            )
+        for before, after in itertools.pairwise(arrivals):
+            fire(
+                request_type="STREAM",
+                name=profiles.STREAM_GAP,
+                response_time=(after - before) * 1000.0,
+                response_length=size,
+                response=answer,
+                context={},
+                exception=None,
+                start_time=started_epoch + (before - t0),
+            )
+        fire(
+            request_type="POST",
+            name=profiles.STREAM_WHOLE,
+            response_time=(end - t0) * 1000.0,
+            response_length=got,
+            response=answer,
+            context={},
+            exception=error,
+            start_time=started_epoch,
+        )
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What _on_request reads of a response, for requests made outside Locust's clients."""
+
+    status_code: int
+    content: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 # --- recording ---------------------------------------------------------------------

@@ -16,6 +16,8 @@ Profiles:
     timeout      a share of slow requests against a short scoring timeout:
                  expect 504s on time while the fast ones keep their latency
     payloads     several body sizes (batch 1 to 64) in one run, each checked
+    streaming    run() yields tokens (LLM-style); time to first chunk and the gaps
+                 between chunks, each as its own request name in Locust's stats
 """
 
 from __future__ import annotations
@@ -25,10 +27,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-PROFILES = ("steady", "ramp", "spike", "multi-model", "timeout", "payloads")
+PROFILES = ("steady", "ramp", "spike", "multi-model", "timeout", "payloads", "streaming")
 
 # A shape never runs longer than this, even when asked for no time limit.
 MAX_RUN_S = 24 * 3600.0
+
+# The streaming profile's request names: Locust's stats and the summary give each its own
+# percentiles. ttfc: request sent to first chunk read; chunk-gap: one chunk to the next;
+# stream: request sent to the last byte read.
+STREAM_TTFC = "ttfc"
+STREAM_GAP = "chunk-gap"
+STREAM_WHOLE = "stream"
 
 
 def _opt(default: Any, help: str, *, per_profile: dict[str, Any] | None = None, **meta: Any) -> Any:
@@ -43,7 +52,7 @@ class LoadConfig:
     # users and duration_s are Locust's own -u and -t in the locustfile.
     users: int = _opt(
         8,
-        "concurrent users (steady, multi-model, timeout, payloads)",
+        "concurrent users (steady, multi-model, timeout, payloads, streaming)",
         locust_common=True,
         per_profile={"timeout": 8},
     )
@@ -104,6 +113,12 @@ class LoadConfig:
     timeout_ms: float = _opt(200.0, "timeout: the server's scoring timeout (SCORING_TIMEOUT_MS)")
     timeout_slack_ms: float = _opt(150.0, "timeout: a 504 may come this much after the timeout")
     baseline_share: float = _opt(0.3, "timeout: share of the run with fast requests only")
+
+    # --- streaming ----------------------------------------------------------
+    # Shaped like LLM token streaming: many small chunks, a few ms apart.
+    tokens: int = _opt(32, "streaming: chunks per reply (the body's n)")
+    token_delay_ms: float = _opt(5.0, "streaming: run() sleeps this long between chunks (the body's delay_ms)")
+    token_bytes: int = _opt(16, "streaming: bytes per chunk (the body's size)")
 
     # --- output -------------------------------------------------------------
     out: str = _opt("", "write every request to OUT.npz and the run's metadata to OUT.meta.json")

@@ -8,7 +8,7 @@
 Without ``--host`` it starts ``scorehost serve`` on 127.0.0.1 with what the profile
 needs (the example model; the sleeper script with a short SCORING_TIMEOUT_MS for
 ``timeout``; a folder of generated ONNX models for ``multi-model``; a short queue for
-``spike``), waits for ``/health/ready`` and stops it afterwards.
+``spike``; the token streamer for ``streaming``), waits for ``/health/ready`` and stops it afterwards.
 
 Writes to ``loadtests/results/<time>-<profile>/``: Locust's CSV and HTML reports,
 ``summary.md`` / ``summary.json`` (req/s, p50/p90/p99/max, errors by status, the
@@ -30,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: python loadtests/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests import RESULTS, analysis, checks, generators, plots, profiles, servers, tables
+from loadtests import RESULTS, analysis, checks, cpu, generators, plots, profiles, server_metrics, servers, tables
 from loadtests import models as model_gen
 from loadtests import payloads as pl
 
@@ -42,6 +42,9 @@ PROFILE_SERVER_ENV: dict[str, dict[str, str]] = {
     "spike": {"SCOREHOST_MAX_QUEUE_LENGTH": "16", "SCOREHOST_MAX_QUEUE_WAIT_MS": "100"},
     # Enough slots that sleeping slow calls cannot starve the fast ones.
     "timeout": {"SCOREHOST_MAX_CONCURRENT_REQUESTS": "64"},
+    # A stream holds its slot until its last token: with the default (one slot per CPU)
+    # 32 users would queue behind each other and measure the queue, not the streaming.
+    "streaming": {"SCOREHOST_MAX_CONCURRENT_REQUESTS": "64"},
 }
 
 
@@ -73,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--server-cpus", help="pin the local server to these CPUs (taskset list, e.g. 0)")
     target.add_argument("--locust-cpus", help="pin Locust to these CPUs (e.g. 1)")
     target.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    target.add_argument(
+        "--metrics-url", help="the server's /metrics, scraped before and after the run (default: HOST/metrics)"
+    )
 
     params = parser.add_argument_group("profile parameters (unset: the profile's default)")
     for spec in profiles.param_specs():
@@ -120,6 +126,9 @@ def plan_local_server(
         if given.get("models") is None:
             given["models"] = ",".join(names)
         script = args.entry_script
+    elif args.profile == "streaming":
+        script = args.entry_script or servers.STREAMER_SCRIPT
+        model_dir = args.model_dir
     elif args.profile == "timeout":
         script = args.entry_script or servers.SLEEPER_SCRIPT
         model_dir = args.model_dir
@@ -151,6 +160,36 @@ def locust_command(
     return cmd + list(args.locust_arg)
 
 
+def _cpu_sample(server: servers.Server | None) -> tuple[float, float, float, float, float]:
+    """(wall, server tree, waited-for children, whole box busy, this process), in seconds."""
+    server_s = cpu.tree_cpu_seconds(server.pid) if server is not None and server.alive() else 0.0
+    return (
+        time.monotonic(),
+        server_s,
+        cpu.children_cpu_seconds(),
+        cpu.system_busy_seconds(),
+        cpu.own_cpu_seconds(),
+    )
+
+
+def cpu_use(
+    before: tuple[float, float, float, float, float], after: tuple[float, float, float, float, float]
+) -> dict[str, float]:
+    """Cores used during the run by the server, Locust and everything else on the box.
+
+    On a shared machine the figures of a run depend on what else ran: "other" says how
+    much that was, so a reader can tell a slow server from a busy box.
+    """
+    wall = max(after[0] - before[0], 1e-9)
+    server_s, locust_s, busy_s, own_s = (a - b for a, b in zip(after[1:], before[1:], strict=True))
+    return {
+        "seconds": round(wall, 3),
+        "server_cores": round(server_s / wall, 3),
+        "locust_cores": round(locust_s / wall, 3),
+        "other_cores": round(max(busy_s - server_s - locust_s - own_s, 0.0) / wall, 3),
+    }
+
+
 def _redact(cmd: list[str]) -> str:
     out = []
     hide = False
@@ -163,6 +202,10 @@ def _redact(cmd: list[str]) -> str:
 def analyse(out: Path, no_plots: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     run = analysis.load_run(out / "requests")
     summary = analysis.summarize(run)
+    if (out / "cpu.json").exists():
+        summary["cpu"] = json.loads((out / "cpu.json").read_text())
+    if (out / "server_metrics.json").exists():  # the server's own view (loadtests/server_metrics.py)
+        summary["server"] = json.loads((out / "server_metrics.json").read_text())
     check_list = checks.evaluate(run, summary)
     files = [
         "summary.md",
@@ -184,7 +227,10 @@ def analyse(out: Path, no_plots: bool) -> tuple[dict[str, Any], list[dict[str, A
     if (out / "server.log").exists():
         files.append("server.log")
     (out / "summary.json").write_text(json.dumps({**summary, "checks": check_list}, indent=1))
-    (out / "summary.md").write_text(tables.run_markdown(summary, check_list, files))
+    report = tables.run_markdown(summary, check_list, files)
+    if "server" in summary:
+        report += "\n" + server_metrics.markdown(summary["server"], summary["overall"])
+    (out / "summary.md").write_text(report)
     return summary, check_list
 
 
@@ -193,12 +239,34 @@ def print_summary(summary: dict[str, Any], check_list: list[dict[str, Any]], out
     errs = ", ".join(f"{k}: {v}" for k, v in o["errors_by_status"].items()) or "none"
 
     ms = tables.num
+    # A streaming run records one entry per chunk and per stream (see locustfile._streaming).
+    what = "records (ttfc, chunk-gap, stream)" if summary.get("streaming") else "requests"
     print(
-        f"\n{summary['profile']} against {summary['host']}: {o['requests']:,} requests "
+        f"\n{summary['profile']} against {summary['host']}: {o['requests']:,} {what} "
         f"in {o['seconds']:.1f} s = {o['rps'] or 0:,.0f} req/s"
     )
     print(f"latency ms: p50 {ms(o['p50_ms'])}  p90 {ms(o['p90_ms'])}  p99 {ms(o['p99_ms'])}  max {ms(o['max_ms'])}")
     print(f"errors by status: {errs}  (0 = no HTTP answer)")
+    c = summary.get("cpu")
+    if c:
+        print(
+            f"cores used: server {c['server_cores']:.2f}, Locust {c['locust_cores']:.2f}, other {c['other_cores']:.2f}"
+        )
+    st = summary.get("streaming")
+    if st:
+        t, g = st["ttfc"], st["chunk_gap"]
+        print(
+            f"streaming: {st['streams']:,} streams, {st['chunks_per_s'] or 0:,.0f} chunks/s; "
+            f"time to first chunk p50 {ms(t['p50_ms'])} p99 {ms(t['p99_ms'])} ms; "
+            f"chunk gap p50 {ms(g['p50_ms'])} p99 {ms(g['p99_ms'])} ms"
+        )
+    sv = summary.get("server")
+    if sv:
+        q, r = sv["queue_wait"], sv["run"]
+        print(
+            f"server side: queue wait p50 {ms(q['p50_ms'])} p99 {ms(q['p99_ms'])} ms; "
+            f"run() p50 {ms(r['p50_ms'])} p99 {ms(r['p99_ms'])} ms ({r['count']:,} calls)"
+        )
     k = summary.get("knee")
     if k:
         print(f"knee: {k['rps']:,.0f} req/s at {k['users']} users (p99 {ms(k['p99_ms'])} ms)")
@@ -246,7 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         (out / "commands.txt").write_text("\n".join(f"{k}: {v}" for k, v in commands.items()) + "\n")
         planned = profiles.total_seconds(cfg)
         print(f"running {cfg.profile} against {host} for about {planned:.0f} s -> {out}", flush=True)
+        metrics_url = args.metrics_url or f"{host}/metrics"
+        scraped = server_metrics.scrape(metrics_url)
+        before = _cpu_sample(server)
         rc = generators.run_locust(cmd, out / "locust.log", planned + generators.LOCUST_GRACE_S, args.quiet)
+        after_scrape = server_metrics.scrape(metrics_url) if scraped is not None else None
+        if scraped is not None and after_scrape is not None:
+            (out / "server_metrics.json").write_text(json.dumps(server_metrics.during(scraped, after_scrape)))
+        # Locust has exited (and was waited for), so its CPU time is in the children's.
+        (out / "cpu.json").write_text(json.dumps(cpu_use(before, _cpu_sample(server))))
         if server is not None and not server.alive():
             log.error("the server died during the run:\n%s", server.log_tail())
         if rc != 0 or not (out / "requests.meta.json").exists():

@@ -12,6 +12,15 @@ if ! command -v wrk >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get 
     (apt-get install -y --no-install-recommends wrk >/dev/null 2>&1 ||
         (apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends wrk >/dev/null 2>&1)) || true
 fi
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    # A real Prometheus scrapes a live server (tests/test_prometheus_server.py); promtool checks and
+    # tests deploy/prometheus/alerts.yaml. On CI (CI=true) those tests fail when it is missing.
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 ||
+        (apt-get update >/dev/null 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1)) ||
+        echo "warning: could not install Debian's prometheus package"
+fi
 echo "== ruff"; .venv/bin/ruff check server tests loadtests examples
 echo "== mypy"; .venv/bin/mypy
+echo "== pip-audit"; bash scripts/audit.sh
 echo "== pytest"; .venv/bin/pytest -q -ra "$@"

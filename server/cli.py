@@ -1,4 +1,6 @@
-"""Command line: ``scorehost serve`` (default), ``scorehost probe``, ``scorehost k8s``, and
+"""Command line: ``scorehost serve`` (default), ``scorehost probe``, ``scorehost k8s``,
+``scorehost migrate`` (managed online endpoint YAML from a v1 deployment configuration),
+``scorehost keys`` / ``scorehost token`` (key auth's keys file, a token; :mod:`server.keys`), and
 ``azmlinfsrv``, the drop-in for the reference server's command.
 
 Flags only override settings that were given; every default lives in
@@ -266,10 +268,21 @@ def probe(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get(f"{PREFIX}PORT", "5001")))
     parser.add_argument("--path", default="/health/live")
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument(
+        "--tls", action=argparse.BooleanOptionalAction, default=bool(os.environ.get(f"{PREFIX}SSL_CERTFILE")),
+        help="HTTPS, certificate not verified (default: on when SCOREHOST_SSL_CERTFILE is set)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    url = f"http://{args.host}:{args.port}{args.path}"
+    url = f"{'https' if args.tls else 'http'}://{args.host}:{args.port}{args.path}"
+    context = None
+    if args.tls:  # a liveness check of our own port: nothing secret is sent, so no verification
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=context) as response:
             ok = response.status == 200
     except (urllib.error.URLError, OSError) as exc:
         print(f"probe {url}: {exc}", file=sys.stderr)
@@ -283,13 +296,22 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[1:] if argv and not argv[0].startswith("-") else argv
     if command == "probe":
         return probe(rest)
+    if command in ("keys", "token"):
+        from server import keys
+
+        return keys.keys_main(rest) if command == "keys" else keys.token_main(rest)
     if command == "k8s":
         from server.deploy import k8s
 
         result: Any = k8s.main(rest)
         return int(result)
+    if command == "migrate":
+        from server.deploy import migrate
+
+        return migrate.main(rest)
     if command != "serve":
-        print(f"scorehost: unknown command {command!r} (use serve, probe or k8s)", file=sys.stderr)
+        commands = "serve, probe, k8s, migrate, keys or token"
+        print(f"scorehost: unknown command {command!r} (use {commands})", file=sys.stderr)
         return 2
     return _serve(rest, "scorehost")
 

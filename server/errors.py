@@ -3,7 +3,7 @@
     ScoreHostError                 root; carries status_code, code, headers
     ├── BadRequest                 400  bad input (JSON, UTF-8, V2 tensors)
     │   └── InvalidInput           400  a model input with the wrong name, dtype or shape
-    ├── Unauthorized               401  missing or wrong API key
+    ├── Unauthorized               401  missing or wrong API key or token (WWW-Authenticate: Bearer)
     ├── NotFound                   404  unknown path
     │   └── ModelNotFound          404  unknown model or version
     ├── MethodNotAllowed           405
@@ -72,8 +72,8 @@ class Unauthorized(ScoreHostError):
     status_code = 401
     code = "unauthorized"
 
-    def __init__(self, message: str = "Missing or invalid API key.") -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+    def __init__(self, message: str = "Missing or invalid API key.", *, challenge: str = "Bearer") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
 
 
 class NotFound(ScoreHostError):

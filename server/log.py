@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
@@ -45,6 +46,14 @@ if TYPE_CHECKING:
     from server.settings import Settings
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# With tracing on (server.tracing): the current span's (trace id, span id), for every line.
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def set_trace_ids(source: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Stamp log lines with the current span's ids (None: tracing is off, nothing is added)."""
+    global _trace_ids
+    _trace_ids = source
 
 _FLUSH_EVERY_S = 0.2
 _TEXT_FORMAT = "%(asctime)s %(levelname).1s [%(process)d] %(name)s - %(message)s"
@@ -108,6 +117,10 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
+        if _trace_ids is not None and not hasattr(record, "trace_id"):
+            ids = _trace_ids()
+            if ids is not None:
+                record.trace_id, record.span_id = ids
         return True
 
 
@@ -131,7 +144,10 @@ class TextFormatter(logging.Formatter):
                 record.name = name
         line = super().format(record)
         rid = getattr(record, "request_id", None)
-        return f"{line} [rid {rid}]" if rid else line
+        if rid:
+            line = f"{line} [rid {rid}]"
+        trace = getattr(record, "trace_id", None)
+        return f"{line} [trace {trace}]" if trace else line
 
 
 class AMLLogFormatter(logging.Formatter):
@@ -162,6 +178,10 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             entry["request_id"] = rid
+        trace = getattr(record, "trace_id", None)
+        if trace:
+            entry["trace_id"] = trace
+            entry["span_id"] = getattr(record, "span_id", None)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
@@ -377,16 +397,17 @@ class AccessLog:
             self._logger.info("%s %s %d %.3fms %d", method, path, status, ms, size, extra={"request_id": request_id})
             return
         if self.json:
-            line = orjson.dumps(
-                {
-                    "time": self._now(),
-                    "level": "INFO",
-                    "pid": self.pid,
-                    "logger": self.name,
-                    "message": f"{method} {path} {status} {ms:.3f}ms {size}",
-                    "request_id": request_id,
-                }
-            ).decode()
+            entry = {
+                "time": self._now(),
+                "level": "INFO",
+                "pid": self.pid,
+                "logger": self.name,
+                "message": f"{method} {path} {status} {ms:.3f}ms {size}",
+                "request_id": request_id,
+            }
+            if _trace_ids is not None and (ids := _trace_ids()) is not None:
+                entry["trace_id"], entry["span_id"] = ids
+            line = orjson.dumps(entry).decode()
         else:
             line = "%s I [%d] %s - %s %s %d %.3fms %d" % (  # noqa: UP031 - hot path
                 self._now(),

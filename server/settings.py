@@ -21,9 +21,13 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from server.batch_settings import BatchSettings
+from server.collect.settings import CollectSettings
+from server.security_settings import SecuritySettings
+
 PREFIX = "SCOREHOST_"
 # Fields that hold secrets: never sent to worker processes (user code runs there), logged or exported.
-SECRET_FIELDS = frozenset({"api_key", "app_insights_key"})
+SECRET_FIELDS = frozenset({"api_key", "primary_key", "secondary_key", "token_secret", "app_insights_key"})
 
 
 def _env(name: str, *azure: str) -> AliasChoices:
@@ -61,7 +65,7 @@ def _lenient_bool(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
+class Settings(SecuritySettings, CollectSettings, BatchSettings):
     """Runtime configuration. Every field documents its Azure ML equivalent."""
 
     model_config = SettingsConfigDict(
@@ -171,8 +175,8 @@ class Settings(BaseSettings):
     graceful_timeout_s: float = Field(30.0, ge=0, validation_alias=_env("graceful_timeout_s"))
     """After the delay, in-flight requests get this long to finish before workers are killed."""
 
-    api_key: str | None = Field(None, validation_alias=_env("api_key"))
-    """If set, ``/score`` and ``/v2`` require ``Authorization: Bearer <key>`` (401 otherwise)."""
+    # Authentication and TLS: auth_mode, primary_key ... ssl_health_port (server.security_settings).
+    # Model data collection: collect_model_data, collect_dir ... (server.collect.settings).
 
     stream_idle_timeout_ms: int = Field(60_000, ge=1, le=86_400_000, validation_alias=_env("stream_idle_timeout_ms"))
     """A streamed reply (run() yielding) ends when no chunk is produced or read for this long. The
@@ -215,8 +219,10 @@ class Settings(BaseSettings):
     any value but a true word turns it off)."""
 
     app_insights_enabled: bool = Field(False, validation_alias=_env("app_insights_enabled", "AML_APP_INSIGHTS_ENABLED"))
-    """Azure ML ``AML_APP_INSIGHTS_ENABLED``. scorehost exports no telemetry; the value is passed to
-    the script's environment, normalised to ``true``/``false`` (see :meth:`app_insights_active`)."""
+    """Azure ML ``AML_APP_INSIGHTS_ENABLED``. With a key shaped like a UUID (:meth:`app_insights_active`),
+    traces, request telemetry and logs go to Application Insights (``server.tracing``; needs the
+    ``appinsights`` extra), as does ``APPLICATIONINSIGHTS_CONNECTION_STRING`` alone. The value is also
+    passed to the script's environment, normalised to ``true``/``false``."""
 
     app_insights_key: SecretStr | None = Field(None, validation_alias=_env("app_insights_key", "AML_APP_INSIGHTS_KEY"))
     """Azure ML ``AML_APP_INSIGHTS_KEY`` / ``--appinsights_instrumentation_key``; passed to the
@@ -261,6 +267,25 @@ class Settings(BaseSettings):
     access_log_query: bool = Field(False, validation_alias=_env("access_log_query"))
     """Write the query string in the access line too. Off by default: ``GET /score`` carries the
     user's inputs there, which do not belong in the log."""
+
+    # --- observability (server.metrics, server.tracing; README "Metrics") -----
+    metrics: bool = Field(True, validation_alias=_env("metrics"))
+    """Record the server's metrics and serve them at ``GET /metrics`` in the Prometheus text format,
+    with the entry script's own prometheus_client metrics merged in. Off: no route, nothing recorded."""
+
+    metrics_endpoint: Literal["main", "health"] = Field("main", validation_alias=_env("metrics_endpoint"))
+    """Where ``/metrics`` is served: the main port, or only the health port (needs
+    ``separate_health_endpoint``). It is never access-logged unless ``access_log_probes`` is on."""
+
+    metrics_per_model: bool = Field(True, validation_alias=_env("metrics_per_model"))
+    """Model-store series per model and version (state, load seconds, inferences, errors): about four
+    series per model, 4,000 with 1,000 models. Off: the store's totals only."""
+
+    tracing: bool = Field(False, validation_alias=_env("tracing"))
+    """OpenTelemetry tracing (the ``tracing`` extra): a span per ``/score`` and ``/v2`` request (W3C
+    ``traceparent`` honoured), its queue wait, and ``run()`` in the worker as a child, under which the
+    script's own spans nest; exported over OTLP as the standard ``OTEL_*`` variables say. Log lines
+    then carry the trace and span ids. Off: nothing is imported and nothing is recorded."""
 
     # --- model store (ONNX Runtime) ------------------------------------------
     max_models: int = Field(1000, ge=1, le=100_000, validation_alias=_env("max_models"))
@@ -351,6 +376,12 @@ class Settings(BaseSettings):
             object.__setattr__(self, "scoring_timeout_ms", wt * 1000)
         if "wedged_after_ms" not in self.model_fields_set:
             object.__setattr__(self, "wedged_after_ms", wt * 1000 - self.scoring_timeout_ms)
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port(self) -> Settings:
+        if self.metrics_endpoint == "health" and not self.separate_health_endpoint:
+            raise ValueError("metrics_endpoint=health needs separate_health_endpoint")
         return self
 
     @model_validator(mode="after")

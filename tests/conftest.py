@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "scripts"
 EXAMPLES = ROOT / "examples"
-_LISTENING = re.compile(r"Listening on http://([^\s]+):(\d+)")
+_LISTENING = re.compile(r"Listening on (https?)://([^\s]+):(\d+)")
 
 
 @dataclass
@@ -115,7 +115,7 @@ def launch(
             for line in list(handle.lines):
                 m = _LISTENING.search(line)
                 if m:
-                    handle.url = f"http://{m.group(1)}:{m.group(2)}"
+                    handle.url = f"{m.group(1)}://{m.group(2)}:{m.group(3)}"
                     break
             if proc.poll() is not None and not handle.url:
                 raise AssertionError(f"server exited with {proc.returncode}:\n{handle.log}")

@@ -86,7 +86,8 @@ def test_the_flag_key_switches_app_insights_on() -> None:
 def test_secrets_never_reach_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCOREHOST_API_KEY", "s3cret")
     s = Settings(entry_script="s.py")
-    assert s.api_key == "s3cret"
+    assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret" == s.primary_key.get_secret_value()  # type: ignore[union-attr]
+    assert "s3cret" not in repr(s)
     base = {"SCOREHOST_API_KEY": "s3cret", "scorehost_api_key": "s3cret", "HOME": "/root"}
     env = worker_environment(s, base, "/app")
     assert "s3cret" not in env.values()

@@ -48,8 +48,6 @@ CHECKED_IN = {
         f"scorehost-{variant}",
         "--image",
         f"registry.example.com/my-model:{variant}",
-        "--autoscaler",
-        "cpu",
     ]
     for variant in ("cpu", "gpu")
 }
@@ -80,6 +78,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "failure_threshold": 4,
         "namespace": "models",
         "auth_enabled": True,
+        "collect_model_data": True,
         "description": "ignored",
         "tags": {"team": "x"},
     },
@@ -314,7 +313,12 @@ def test_every_field_reaches_its_kubernetes_or_runtime_equivalent(monkeypatch: p
     assert pod["terminationGracePeriodSeconds"] == math.ceil(5 + 45.5) + k8s.DRAIN_MARGIN_S
 
     env = env_of(manifests)
-    assert env["SCOREHOST_API_KEY"] == {"secretKeyRef": {"name": "fraud-model-auth", "key": "api-key"}}
+    # Key auth from a Secret mounted as a volume (rotated without a restart), root file system read-only.
+    assert (env["SCOREHOST_AUTH_MODE"], env["SCOREHOST_KEYS_FILE"]) == ("key", "/var/run/scorehost/auth/keys.json")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["auth"]["secret"]["secretName"] == "fraud-model-auth"
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/var/run/scorehost/auth"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     # The runtime half is checked against the server itself: its settings, read from exactly
     # this environment, must hold the configured values.
     for key in list(Settings.model_fields):
@@ -332,6 +336,7 @@ def test_every_field_reaches_its_kubernetes_or_runtime_equivalent(monkeypatch: p
     assert settings.host == "0.0.0.0"
     assert settings.port == container["ports"][0]["containerPort"]
     assert settings.log_format == "json"
+    assert settings.collect_model_data
 
 
 def test_gpu_config_asks_for_a_gpu_and_tolerates_gpu_nodes() -> None:
@@ -411,7 +416,7 @@ AZURE_DOC_EXAMPLE = {
 def test_the_cli_file_form_is_understood(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="server.deploy.config"):
         config = parse_config(AZURE_DOC_EXAMPLE)
-    assert "dataCollection.storageEnabled" in caplog.text, "ignored, and said so"
+    assert "dataCollection.storageEnabled" not in caplog.text, "mapped (SCOREHOST_COLLECT_MODEL_DATA)"
     flat = {
         "computeType": "aks",
         "autoscale_enabled": True,
@@ -422,6 +427,7 @@ def test_the_cli_file_form_is_understood(caplog: pytest.LogCaptureFixture) -> No
         "auth_enabled": True,
         "cpu_cores": 0.5,
         "memory_gb": 1.0,
+        "collect_model_data": True,
     }
     assert config == parse_config(flat)
     # The checked-in GPU configuration is in this form; its full equivalent in flat names:
@@ -606,3 +612,12 @@ def test_yaml_emitter_round_trips_through_a_real_parser() -> None:
     for name, manifests in all_rendered_sets():
         for manifest in manifests:
             assert yaml.safe_load(k8s.to_yaml(manifest, k8s.HEADER)) == manifest, name
+
+
+def test_auth_off_is_said_explicitly_because_the_image_defaults_to_key() -> None:
+    on = k8s.render(parse_config({}), k8s.RenderOptions(name="m"))
+    off = k8s.render(parse_config({"auth_enabled": False}), k8s.RenderOptions(name="m"))
+    assert env_of(on)["SCOREHOST_AUTH_MODE"] == "key"  # the seeds' platform: key auth by default
+    assert env_of(off)["SCOREHOST_AUTH_MODE"] == "none" and "SCOREHOST_KEYS_FILE" not in env_of(off)
+    pod = next(m for m in off if m["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]

@@ -1,16 +1,18 @@
-"""Load-test profiles (loadtests/) and the compare pipeline.
+"""Load-test profiles (loadtests/), the compare pipeline and the transfer benchmark.
 
 The fast tests check the pure parts: stages, Zipf weights, generated bodies, and that
 each profile's checks really fail on bad data. The ``slow`` tests run every profile for
 a few seconds through the real runner (``python -m loadtests.run``) against a local
-scorehost serving the example, and assert that the profile produced requests and that
-its own expectations held. All of them together take about a minute on 2 cores.
-Thresholds in the smoke runs are looser than the defaults: the box is shared and the
-server and Locust are not pinned here.
+scorehost serving what the profile needs (the example, the sleeper, the token
+streamer), and assert that the profile produced requests and that its own expectations
+held; one short transfer run checks loadtests/transfer.py. All of them together take
+about a minute on 2 cores. Thresholds in the smoke runs are looser than the defaults:
+the box is shared and the server and Locust are not pinned here.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -27,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from loadtests import analysis, checks, payloads, profiles  # noqa: E402
+from loadtests import analysis, checks, payloads, profiles, transfer  # noqa: E402
 from loadtests.recorder import FLAG_INVALID_BODY, FLAG_NO_RETRY_AFTER, Recorder  # noqa: E402
 
 # --- fast: pure parts ------------------------------------------------------------------
@@ -199,6 +201,18 @@ def test_stream_checks_and_figures() -> None:
     bad = _checks(_run_data(_stream_record(short=2), "streaming", tokens=4, token_bytes=16))
     assert not bad["every stream complete"]
     assert bad["time to first chunk recorded"]
+
+
+def test_transfer_sizes_and_cells() -> None:
+    assert [transfer.parse_size(t) for t in ("1K", "100kb", "99M", "512")] == [1000, 100_000, 99_000_000, 512]
+    with pytest.raises(argparse.ArgumentTypeError):
+        transfer.parse_size("big")
+    assert transfer.size_text(50_000_000) == "50 MB" and transfer.size_text(1000) == "1 KB"
+    done = transfer.Cell("reply", 1000, seconds=[0.3, 0.1, 0.2])
+    assert done.median_s == 0.2 and transfer.cell_text(done, 120, 3) == "200.0 ms"
+    assert transfer.cell_text(transfer.Cell("reply", 1000, seconds=[61.0]), 120, 3) == "61.00 s (n=1)"
+    assert transfer.cell_text(transfer.Cell("request", 1000, capped=True), 120, 3) == ">120 s"
+    assert transfer.cell_text(transfer.Cell("request", 1000, skipped=True), 120, 3) == "not run"
 
 
 def test_recorder_roundtrip(tmp_path: Path) -> None:
@@ -377,6 +391,21 @@ def test_streaming_smoke(tmp_path: Path) -> None:
     # Locust's own stats carry the same names, so its report gives their percentiles too.
     stats = (tmp_path / "locust_stats.csv").read_text()
     assert ",ttfc," in stats and ",chunk-gap," in stats
+
+
+@pytest.mark.slow
+def test_transfer_smoke(tmp_path: Path) -> None:
+    """Small sizes, one request each, unpinned: both directions measured and checked, table written."""
+    cmd = [sys.executable, "-m", "loadtests.transfer", "--sizes", "1K,200K", "--repeats", "1"]
+    cmd += ["--server-cpus", "", "--client-cpus", "", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    series = json.loads((tmp_path / "results.json").read_text())["series"]
+    assert len(series) == 1
+    cells = {(c["direction"], c["size"]): c for c in series[0]["cells"]}
+    assert set(cells) == {(d, n) for d in ("request", "reply") for n in (1000, 200_000)}
+    assert all(len(c["seconds"]) == 1 and not c["error"] and not c["capped"] for c in cells.values())
+    assert "| 200 KB |" in (tmp_path / "table.md").read_text()
 
 
 @pytest.mark.slow

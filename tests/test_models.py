@@ -216,7 +216,7 @@ def test_parse_config_accepts_the_documented_keys() -> None:
         {"warmup": [{"x": {"shape": [1, -1]}}]},
         {"providers": []},
         {"providers": [["CPUExecutionProvider"]]},
-        {"max_batch_size": 8},
+        {"max_batch_size": 0},
         {"max_batch_time_ms": 0},
         {"compact": "yes"},
     ],
@@ -227,20 +227,24 @@ def test_parse_config_rejects_bad_values(raw: Any) -> None:
     assert next(iter(raw), "JSON object") in str(caught.value), "the message names the key"
 
 
-def test_batching_keys_fail_their_model_saying_batching_is_not_supported(tmp_path: Path, open_models: Opener) -> None:
-    # max_batch_size / max_batch_time_ms were once accepted and ignored; now they are refused.
+def test_batching_keys_turn_batching_on_and_old_names_fail_their_model(tmp_path: Path, open_models: Opener) -> None:
+    # max_batch_time_ms was once accepted and ignored; batching's keys are now max_batch_size and
+    # max_queue_delay_us (server.store.batcher), and the old name fails its model saying so.
     batched = make_mlp(tmp_path / "batched.onnx")
-    _write_config(batched, {"device": "cpu", "max_batch_size": 8})
-    make_mlp(tmp_path / "plain.onnx")
+    _write_config(batched, {"device": "cpu", "max_batch_size": 8, "max_queue_delay_us": 100})
+    old = make_mlp(tmp_path / "old.onnx")
+    _write_config(old, {"max_batch_time_ms": 2})
     store = open_models(tmp_path)
     info = {m.name: m for m in store.list()}
-    assert info["plain"].state is ModelState.READY
-    assert info["batched"].state is ModelState.FAILED
-    assert info["batched"].reason == (
-        "config batched.scorehost.json: max_batch_size: request batching is not supported yet; remove the key"
+    assert info["batched"].state is ModelState.READY
+    batching = store.metadata("batched").batching
+    assert batching is not None and batching.enabled and batching.max_queue_delay_us == 100
+    assert info["old"].state is ModelState.FAILED
+    assert info["old"].reason == (
+        "config old.scorehost.json: max_batch_time_ms: not a scorehost key; use max_queue_delay_us (microseconds)"
     )
-    with pytest.raises(ModelNotReady, match="batching is not supported yet"):
-        store.get("batched")
+    with pytest.raises(ModelNotReady, match="use max_queue_delay_us"):
+        store.get("old")
 
 
 def test_warmup_runs_the_requests_given(tmp_path: Path, open_models: Opener) -> None:

@@ -115,6 +115,15 @@ def test_model_metadata(handler: V2Handler) -> None:
             "platform": "onnxruntime_onnx",
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}],
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+            "parameters": {
+                "batching": {
+                    "enabled": False,
+                    "max_batch_size": 1,
+                    "max_queue_delay_us": 0,
+                    "preferred_batch_sizes": [],
+                    "reason": "off (max_batch_size is 1)",
+                }
+            },
         }
 
 

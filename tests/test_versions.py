@@ -221,10 +221,9 @@ def test_one_set_of_objects_per_version_and_one_route() -> None:
     assert scaled["fraud-treatment"]["maxReplicaCount"] == 4, "each version has its own configuration"
     assert {m["metadata"]["namespace"] for m in manifests} == {"models"}
     assert all(m["metadata"]["labels"]["app.kubernetes.io/part-of"] == "fraud" for m in manifests)
-    env = {
-        e["name"]: e for e in by_kind(manifests, "Deployment")[1]["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
-    assert env["SCOREHOST_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "fraud-auth", "one key per endpoint"
+    pod = by_kind(manifests, "Deployment")[1]["spec"]["template"]["spec"]
+    auth = next(v for v in pod["volumes"] if v["name"] == "auth")
+    assert auth["secret"]["secretName"] == "fraud-auth", "one keys file per endpoint"
     images = [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in by_kind(manifests, "Deployment")]
     assert images == ["r/fraud:1", "r/fraud:2", "r/fraud:3"]
 

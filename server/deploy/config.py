@@ -114,7 +114,11 @@ class DeployConfig(BaseModel):
     success_threshold: Threshold = 1
     failure_threshold: Threshold = 3
     namespace: Namespace | None = None
-    auth_enabled: StrictBool = False
+    # Key auth is on by default on the seeds' platform (AKS), and the image refuses to start
+    # without keys unless told auth_mode=none, so the renderer says which one it is.
+    auth_enabled: StrictBool = True
+    # Model data collection (server.collect): env SCOREHOST_COLLECT_MODEL_DATA.
+    collect_model_data: StrictBool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -156,9 +160,7 @@ FIELDS: dict[str, str] = {_AZURE_NAMES.get(name, name): name for name in DeployC
 
 # Azure fields with no Kubernetes counterpart: accepted (a config written for Azure should
 # render), reported as ignored.
-IGNORED = frozenset(
-    {"description", "tags", "properties", "enable_app_insights", "collect_model_data", "compute_target_name"}
-)
+IGNORED = frozenset({"description", "tags", "properties", "enable_app_insights", "compute_target_name"})
 
 # Azure fields we refuse, with the reason.
 REFUSED = {

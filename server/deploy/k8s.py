@@ -46,6 +46,9 @@ CONTAINER_PORT_NAME = "http"
 LIVENESS_PATH = "/health/live"
 READINESS_PATH = "/health/ready"
 RUN_AS_UID = 10001  # the USER of Dockerfile.cpu / Dockerfile.gpu
+# Where the auth Secret is mounted, and its item: the keys file `scorehost keys generate` writes.
+AUTH_MOUNT = "/var/run/scorehost/auth"
+AUTH_KEYS_ITEM = "keys.json"
 DRAIN_MARGIN_S = 5  # on top of shutdown delay + graceful timeout: process exit, log flush
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -74,7 +77,7 @@ class RenderOptions(BaseModel):
     # keda / hpa: on the pods' utilisation gauge; cpu: the CPU fallback (see autoscale.py).
     autoscaler: Autoscaler = "keda"
     prometheus_url: str = DEFAULT_PROMETHEUS  # KEDA's Prometheus server
-    auth_secret: str | None = None  # the Secret holding the API key; None: "<name>-auth"
+    auth_secret: str | None = None  # the Secret holding keys.json; None: "<name>-auth"
     part_of: str | None = None  # the endpoint this deployment is a version of (a label)
 
     @field_validator("name")
@@ -136,15 +139,25 @@ def container_env(config: DeployConfig, opts: RenderOptions) -> list[Manifest]:
         env["WORKER_COUNT"] = str(opts.workers)
     if opts.entry_script:
         env["AZUREML_ENTRY_SCRIPT"] = opts.entry_script
+    if config.collect_model_data:  # written under the image's SCOREHOST_COLLECT_DIR (docs/collect.md)
+        env["SCOREHOST_COLLECT_MODEL_DATA"] = "true"
     for key, value in opts.env.items():
         if key in env:
             raise ConfigError(f"--env {key}: set by the renderer; use the matching option or config field")
         env[key] = value
-    items: list[Manifest] = [{"name": k, "value": v} for k, v in env.items()]
     if config.auth_enabled:
-        secret = {"name": opts.auth_secret or f"{opts.name}-auth", "key": "api-key"}
-        items.append({"name": "SCOREHOST_API_KEY", "valueFrom": {"secretKeyRef": secret}})
-    return items
+        # The keys come from a Secret mounted as a volume (see auth_volume): the server re-reads
+        # the file when the kubelet updates it, so `scorehost keys regen` + a Secret update rotates
+        # a key with no restart. (A subPath mount would never be updated.)
+        env["SCOREHOST_AUTH_MODE"] = "key"
+        env["SCOREHOST_KEYS_FILE"] = f"{AUTH_MOUNT}/{AUTH_KEYS_ITEM}"
+    else:
+        env["SCOREHOST_AUTH_MODE"] = "none"  # the image defaults to key auth
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def auth_secret_name(opts: RenderOptions) -> str:
+    return opts.auth_secret or f"{opts.name}-auth"
 
 
 def _probe(path: str, config: DeployConfig, *, liveness: bool) -> Manifest:
@@ -188,8 +201,28 @@ def render(config: DeployConfig, opts: RenderOptions) -> list[Manifest]:
         "resources": {"requests": requests, "limits": limits},
         "livenessProbe": _probe(LIVENESS_PATH, config, liveness=True),
         "readinessProbe": _probe(READINESS_PATH, config, liveness=False),
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # Read-only root: the server writes only to /tmp (an emptyDir) and the declared volumes.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    if config.auth_enabled:
+        container["volumeMounts"].append({"name": "auth", "mountPath": AUTH_MOUNT, "readOnly": True})
+        volumes.append(
+            {
+                "name": "auth",
+                "secret": {
+                    "secretName": auth_secret_name(opts),
+                    # keys.json: {"primaryKey": ..., "secondaryKey": ...}, as `scorehost keys generate` writes.
+                    "items": [{"key": AUTH_KEYS_ITEM, "path": AUTH_KEYS_ITEM}],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
     pod: Manifest = {
         # Service links would inject SCOREHOST_PORT=tcp://... for a Service named "scorehost",
         # which the server would read as its port; the server needs none of them.
@@ -203,6 +236,7 @@ def render(config: DeployConfig, opts: RenderOptions) -> list[Manifest]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
+        "volumes": volumes,
     }
     if gpu:
         # GPU node pools are commonly tainted so that only pods asking for a GPU land there.

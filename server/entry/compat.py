@@ -2,9 +2,11 @@
 
 Scripts written for Azure ML import ``rawhttp``, ``AMLRequest`` and
 ``AMLResponse`` from ``azureml_inference_server_http.api.aml_request`` /
-``.aml_response`` or from the legacy ``azureml.contrib.services.*``. When the real
-package is installed it wins: our finder sits at the end of ``sys.meta_path`` and
-only answers names that no other finder could.
+``.aml_response`` or from the legacy ``azureml.contrib.services.*``, and the data
+collectors from ``azureml.monitoring`` / ``azureml.ai.monitoring``
+(:mod:`server.entry.monitoring`). When the real package is installed it wins: our
+finder sits at the end of ``sys.meta_path`` and only answers names that no other
+finder could.
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ _PACKAGES = (
     "azureml",
     "azureml.contrib",
     "azureml.contrib.services",
+    "azureml.ai",
 )
+# Packages that re-export server.entry.monitoring, and its module paths in the real packages.
+_MONITORING_PACKAGES = ("azureml.monitoring", "azureml.ai.monitoring")
+_MONITORING_MODULES = (
+    "azureml.monitoring.modeldatacollector",
+    "azureml.ai.monitoring.collector",
+    "azureml.ai.monitoring.context",
+)
+# Our own name for what scripts import from us: ``from scorehost import batch`` (server.batching).
+_SCOREHOST = "scorehost"
 _MODULES = (
     "azureml_inference_server_http.api.aml_request",
     "azureml_inference_server_http.api.aml_response",
@@ -36,12 +48,23 @@ class _Loader(importlib.abc.Loader):
             from server.entry import aml
 
             return aml
+        if spec.name in _MONITORING_MODULES:
+            from server.entry import monitoring
+
+            return monitoring
         module = types.ModuleType(spec.name)
         module.__path__ = []
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        return None
+        if module.__name__ in _MONITORING_PACKAGES:
+            from server.entry import monitoring
+
+            module.__dict__.update({name: getattr(monitoring, name) for name in monitoring.__all__})
+        elif module.__name__ == _SCOREHOST:
+            from server import batching
+
+            module.__dict__.update({name: getattr(batching, name) for name in batching.__all__})
 
 
 class AzureMLFinder(importlib.abc.MetaPathFinder):
@@ -53,9 +76,9 @@ class AzureMLFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: types.ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname in _MODULES:
+        if fullname in _MODULES or fullname in _MONITORING_MODULES:
             return importlib.machinery.ModuleSpec(fullname, self._loader)
-        if fullname in _PACKAGES:
+        if fullname in _PACKAGES or fullname in _MONITORING_PACKAGES or fullname == _SCOREHOST:
             return importlib.machinery.ModuleSpec(fullname, self._loader, is_package=True)
         return None
 

@@ -9,9 +9,13 @@ health port, requests that arrived on it go to a second app that has the probes 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,16 +26,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.collect.writer import PayloadCollector
 from server.errors import InternalError, MethodNotAllowed, NotFound, ScoreHostError
+from server.http.auth import Authenticator
 from server.http.handlers import Handlers
+from server.http.observe import Observability
 from server.http.probes import Probes
 from server.http.responses import render_error, send_server_version
 from server.settings import Settings
+from server.tracing import Telemetry
 from server.workers.pool import WorkerPool
 
 logger = logging.getLogger("scorehost.http")
 
 ALL = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+# The longest shutdown waits for model data collection to write and finish its files.
+COLLECT_CLOSE_S = 10.0
 
 
 class ScoreHostApp:
@@ -40,21 +50,44 @@ class ScoreHostApp:
     on one core); everything else, and ``/score`` too when CORS is on, goes through
     Starlette."""
 
-    def __init__(self, app: Starlette, handlers: Handlers, fast_score: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, handlers: Handlers, fast_score: bool, observe: Observability | None = None
+    ) -> None:
         self.app = app
         self.handlers = handlers
         self.fast_score = fast_score
+        self.recorder = observe.recorder if observe is not None else None
+        self.tracing = observe.tracing if observe is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fast_score and scope["type"] == "http" and scope["path"] == "/score":
+            recorder, tracing = self.recorder, self.tracing
+            if recorder is None and tracing is None:
+                response = await self._score(scope, receive)
+                await response(scope, receive, send)
+                return
+            # /metrics and tracing (server.http.observe): the fast path records inline.
+            started = time.perf_counter()
+            span = tracing.start(scope, "/score") if tracing is not None else None
+            status = 500
             try:
-                response = await self.handlers.score(Request(scope, receive))
-            except Exception:  # a bug of ours: still answer, and say so in the log
-                logger.exception("Unhandled error in /score")
-                response = render_error(InternalError("An unexpected internal error occurred."))
-            await response(scope, receive, send)
+                response = await self._score(scope, receive)
+                status = response.status_code
+                await response(scope, receive, send)
+            finally:
+                if recorder is not None:
+                    recorder.score(scope["method"], status, time.perf_counter() - started)
+                if tracing is not None and span is not None:
+                    tracing.end(span[0], span[1], status)
             return
         await self.app(scope, receive, send)
+
+    async def _score(self, scope: Scope, receive: Receive) -> Response:
+        try:
+            return await self.handlers.score(Request(scope, receive))
+        except Exception:  # a bug of ours: still answer, and say so in the log
+            logger.exception("Unhandled error in /score")
+            return render_error(InternalError("An unexpected internal error occurred."))
 
 
 class HealthPortDispatch:
@@ -97,9 +130,10 @@ async def _http_error_handler(request: Request, exc: Exception) -> Response:
     return _http_error(request, exc)
 
 
-def health_app(probes: Probes) -> Starlette:
-    """The app of the health port: the probes and nothing else (404 for other paths)."""
-    app = Starlette(routes=probes.routes(), exception_handlers={HTTPException: _http_error_handler})
+def health_app(probes: Probes, extra: list[Route] | None = None) -> Starlette:
+    """The app of the health port: the probes (and ``/metrics`` if it moved here), nothing else (404)."""
+    routes = [*probes.routes(), *(extra or [])]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error_handler})
 
     async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
         response = _http_error(Request(scope, receive), HTTPException(404))
@@ -110,14 +144,33 @@ def health_app(probes: Probes) -> Starlette:
 
 
 def create_app(
-    settings: Settings, pool: WorkerPool, *, manage_pool: bool = True, health_port: int | None = None
+    settings: Settings,
+    pool: WorkerPool,
+    *,
+    manage_pool: bool = True,
+    health_port: int | None = None,
+    auth: Authenticator | None = None,
+    connections: Any = None,
+    telemetry: Telemetry | None = None,
 ) -> ASGIApp:
     """Build the app. With ``manage_pool`` the lifespan starts and stops the pool. With
     ``health_port`` (the bound port of the separate health listener), requests arriving on
-    that port get the probes only."""
+    that port get the probes only. ``auth``: the server's authenticator (default: built from
+    the settings; see server.http.auth). ``connections``: the connection layer's guard, whose
+    counters ``/metrics`` reports; ``telemetry``: tracing set up by the caller (default: as the
+    settings say; see server.http.observe)."""
     send_server_version(settings.server_version_header)
-    h = Handlers(settings, pool)
+    h = Handlers(settings, pool, auth)
     probes = Probes(settings, pool, h.access)
+    observe = Observability(settings, pool, connections, telemetry)
+    if observe.recorder is not None:
+        h.on_error = observe.error
+    # Model data collection (server.collect): payloads recorded by /score, COLLECT frames from workers.
+    collector = PayloadCollector.from_settings(settings, os.getcwd())
+    if collector is not None:
+        h.collect = collector
+        pool.on_collect = collector.frame
+    on_health = settings.metrics_endpoint == "health" and health_port is not None
     routes = [
         # /score first: it is the hot path and the router tries routes in order.
         Route("/score", h.score, methods=ALL),
@@ -125,6 +178,7 @@ def create_app(
         Route("/swagger.json", h.swagger, methods=["GET"]),
         Route("/v2", h.v2, methods=ALL),
         Route("/v2/{rest:path}", h.v2, methods=ALL),
+        *([] if on_health else observe.routes()),
     ]
     middleware = []
     if settings.cors_origins:
@@ -139,6 +193,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if collector is not None:
+            collector.start()
         if manage_pool:
             await pool.start()
         try:
@@ -146,6 +202,11 @@ def create_app(
         finally:
             if manage_pool:
                 await pool.stop(settings.graceful_timeout_s)
+                observe.close()
+            if collector is not None:  # after the workers: their last records are queued by now
+                await asyncio.sleep(0.01)
+                close_s = min(settings.graceful_timeout_s, COLLECT_CLOSE_S)
+                await asyncio.get_running_loop().run_in_executor(None, collector.close, close_s)
 
     app = Starlette(
         routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: _http_error_handler}
@@ -156,7 +217,8 @@ def create_app(
         await response(scope, receive, send)
 
     app.router.default = not_found
-    main = ScoreHostApp(app, h, fast_score=not settings.cors_origins)
+    main = ScoreHostApp(observe.wrap(app), h, fast_score=not settings.cors_origins, observe=observe)
     if health_port is None:
         return main
-    return HealthPortDispatch(main, health_app(probes), health_port)
+    health = health_app(probes, observe.routes() if on_health else None)
+    return HealthPortDispatch(main, observe.wrap(health), health_port)

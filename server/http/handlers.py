@@ -8,16 +8,17 @@ uuid4 is made), ``x-ms-client-request-id`` (legacy ``x-ms-request-id``) becomes
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from server.errors import (
+    BadRequest,
     ClientDisconnected,
     HeaderTooLarge,
     MethodNotAllowed,
@@ -25,9 +26,9 @@ from server.errors import (
     NotReady,
     PayloadTooLarge,
     ScoreHostError,
-    Unauthorized,
 )
 from server.http import swagger
+from server.http.auth import Authenticator
 from server.http.connection import ABORTED
 from server.http.responses import (
     RawResponse,
@@ -43,6 +44,9 @@ from server.workers.pool import WorkerPool
 from server.workers.protocol import Call, MetaLevel, Reply, RunMode, Target
 from server.workers.relay import Answer
 
+if TYPE_CHECKING:
+    from server.collect.writer import PayloadCollector
+
 logger = logging.getLogger("scorehost.http")
 
 MAX_ID_LENGTH = 100
@@ -57,20 +61,25 @@ _TRACE = b"traceid"
 _AUTH = b"authorization"
 _CTYPE = b"content-type"
 _CLEN = b"content-length"
+_COLLECT_BODY = "scorehost.collect_body"
 
 
 class Handlers:
-    def __init__(self, settings: Settings, pool: WorkerPool) -> None:
+    def __init__(self, settings: Settings, pool: WorkerPool, auth: Authenticator | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.max_body = settings.max_request_bytes
         self.log_access = settings.access_log
         self.log_probes = settings.access_log_probes
         self.log_query = settings.access_log_query
-        self._api_key = settings.api_key.encode() if settings.api_key else None
+        # auth_mode (server.http.auth): None when nothing is required.
+        self.auth = auth if auth is not None else Authenticator.from_settings(settings)
+        self._auth_check = self.auth.check if self.auth is not None else None
         self.access = AccessLog(settings.log_format)
         # Bodies that ended before their declared length (the client went away): never run.
         self.incomplete_bodies = 0
+        self.on_error: Callable[[ScoreHostError], None] | None = None  # /metrics (server.http.observe)
+        self.collect: PayloadCollector | None = None  # model data collection (server.collect), set by the app
 
     # --- helpers -------------------------------------------------------------
     def _scan(self, request: Request) -> tuple[Ids, dict[bytes, bytes]]:
@@ -86,6 +95,8 @@ class Handlers:
             elif name == _TRACE:
                 trace = value.decode("latin-1")
             elif name in (_AUTH, _CTYPE, _CLEN):
+                if name == _AUTH and name in found:  # a singleton field: which one would count?
+                    raise BadRequest("The Authorization header must not be repeated.")
                 found[name] = value
         if rid is None:
             rid = str(uuid.uuid4())
@@ -96,14 +107,9 @@ class Handlers:
         return ids, found
 
     def _check_auth(self, found: dict[bytes, bytes]) -> None:
-        key = self._api_key
-        if key is None:
-            return
-        # RFC 7235: the scheme is case-insensitive, then one or more spaces. The key comparison
-        # is constant-time and made whatever the scheme is.
-        scheme, _, token = found.get(_AUTH, b"").partition(b" ")
-        if not hmac.compare_digest(token.lstrip(b" "), key) or scheme.lower() != b"bearer":
-            raise Unauthorized()
+        check = self._auth_check
+        if check is not None:
+            check(found.get(_AUTH))  # Unauthorized (401) unless the key or token is good
 
     async def _body(self, request: Request, found: dict[bytes, bytes]) -> bytes:
         limit = self.max_body
@@ -163,7 +169,18 @@ class Handlers:
         # A streamed reply writes its access line when it ends (see _stream_logger).
         if self.log_access and not isinstance(response, StreamingResponse):
             self._log(request, response.status_code, started, ids[0] if ids else "-", len(response.body))
+        if self.collect is not None and ids is not None and _COLLECT_BODY in request.scope:
+            self._collect(self.collect, request, ids, response, started)
         return response
+
+    @staticmethod
+    def _collect(collect: PayloadCollector, request: Request, ids: Ids, response: Response, started: float) -> None:
+        """Model data collection, after the response is known (a streamed reply: its request only)."""
+        body, ctype = request.scope[_COLLECT_BODY]
+        streamed = isinstance(response, StreamingResponse)
+        reply = None if streamed else bytes(response.body)
+        headers = None if streamed else response.raw_headers
+        collect.score(request.scope["method"], ids, ctype, body, response.status_code, reply, headers, started)
 
     async def score(self, request: Request) -> Response:
         return await self._handle(request, self._score, v2=False)
@@ -180,8 +197,14 @@ class Handlers:
         if method == "OPTIONS" and (script is None or script.mode is not RunMode.RAW):
             return render_reply(Reply(200, b"", None), ids)
         body = await self._body(request, found)
+        if self.collect is not None:  # the payload to record (GET: its query string), see _collect
+            request.scope[_COLLECT_BODY] = (
+                body if method != "GET" else request.scope["query_string"],
+                found.get(_CTYPE),
+            )
         level = script.meta_level if script else MetaLevel.NONE
-        answer = await self.pool.call(self._call(request, Target.SCORE, method, ids[0], body, level, found))
+        call = self._call(request, Target.SCORE, method, ids[0], body, level, found, self._auth_check is not None)
+        answer = await self.pool.call(call)
         return self._render(request, answer, ids)
 
     async def _v2(self, request: Request, ids: Ids, found: dict[bytes, bytes]) -> Response:
@@ -190,7 +213,8 @@ class Handlers:
             raise MethodNotAllowed("The method is not allowed for the requested URL.", allow=V2_METHODS)
         self._check_auth(found)
         body = await self._body(request, found)
-        answer = await self.pool.call(self._call(request, Target.V2, method, ids[0], body, MetaLevel.FULL, found))
+        call = self._call(request, Target.V2, method, ids[0], body, MetaLevel.FULL, found, self._auth_check is not None)
+        answer = await self.pool.call(call)
         return self._render(request, answer, ids)
 
     def _render(self, request: Request, answer: Answer, ids: Ids) -> Response:
@@ -213,9 +237,10 @@ class Handlers:
     @staticmethod
     def _call(
         request: Request, target: Target, method: str, rid: str, body: bytes, level: MetaLevel,
-        found: dict[bytes, bytes],
+        found: dict[bytes, bytes], hide_auth: bool = False,
     ) -> Call:  # fmt: skip
-        """The call for the worker: only the metadata its script asked for."""
+        """The call for the worker: only the metadata its script asked for. ``hide_auth``: the server
+        checked the Authorization header (auth_mode), so the key or token in it stays here."""
         scope = request.scope
         call = Call(0, target, method, rid, body, 0.0)
         if level is MetaLevel.NONE:
@@ -226,10 +251,15 @@ class Handlers:
         call.content_type = found.get(_CTYPE, b"").decode("latin-1")
         if level is MetaLevel.FULL:
             call.path = scope["path"]
-            call.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+            headers = scope["headers"]
+            if hide_auth and _AUTH in found:
+                headers = [(k, v) for k, v in headers if k != _AUTH]
+            call.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
         return call
 
     def _error(self, request: Request, exc: ScoreHostError, ids: Ids | None, *, v2: bool = False) -> RawResponse:
+        if self.on_error is not None:
+            self.on_error(exc)
         level = logging.WARNING if exc.status_code >= 500 else logging.INFO
         logger.log(
             level,

@@ -33,10 +33,12 @@ import uvicorn
 
 from server import log
 from server.entry.environment import worker_environment
-from server.errors import LoggingFileError
+from server.errors import LoggingFileError, SettingsError
 from server.gctune import tune_gc
 from server.http.app import create_app
+from server.http.auth import Authenticator
 from server.http.connection import Limits, drain, protocol_class
+from server.http.tls import TlsReloader
 from server.settings import NEVER_WEDGED_MS, Settings
 from server.workers.pool import WorkerPool
 
@@ -54,17 +56,48 @@ class _Server(uvicorn.Server):
         pool: WorkerPool,
         settings: Settings,
         listeners: Sequence[socket.socket] = (),
+        *,
+        auth: Authenticator | None = None,
+        tls: TlsReloader | None = None,
+        plain: socket.socket | None = None,
     ) -> None:
         super().__init__(config)
         self.pool = pool
         self.settings = settings
         self.listeners = list(listeners)
         self.exit_code = EXIT_OK
+        self.auth = auth
+        self.tls = tls
+        self.plain = plain  # a listener served without TLS when TLS is on (the health port)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().startup(sockets)
+        self._loop = loop = asyncio.get_running_loop()
+        plain = self.plain
+        await super().startup([s for s in sockets if s is not plain] if sockets and plain else sockets)
+        config = self.config
+        if plain is not None and self.started:
+
+            def protocol() -> asyncio.Protocol:
+                return config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state
+                )
+
+            self.servers.append(await loop.create_server(protocol, sock=plain, backlog=config.backlog))
+        if self.tls is not None and config.ssl is not None:
+            self.tls.attach(config.ssl)
+            self.tls.watch(loop)
+        if self.auth is not None:
+            self.auth.watch(loop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the keys file, the JWKS file and the TLS certificates."""
+        logger.info("Received SIGHUP: re-reading key files and certificates")
+        if self.auth is not None:
+            self.auth.reload()
+        if self.tls is not None:
+            self.tls.reload()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # NOTE: runs in the signal handler; uvicorn's own version would re-raise the
@@ -224,6 +257,18 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
         logger.warning(
             "Model directory %s does not exist; AZUREML_MODEL_DIR is passed to the script as given", settings.model_dir
         )
+    try:
+        auth = Authenticator.from_settings(settings)
+        tls = TlsReloader(settings) if settings.ssl_certfile else None
+        if tls is not None:
+            tls.build()  # the files are usable, or one line now
+    except SettingsError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    if auth is None and (settings.primary_key or settings.keys_file or settings.token_secret):
+        logger.warning("auth_mode=none: the keys or token secret given are not checked; /score needs no key")
+    elif auth is not None:
+        logger.info("Authentication: auth_mode=%s", auth.mode)
     listeners: list[socket.socket] = []
     try:
         sock = bind(settings.host, settings.port)
@@ -245,11 +290,12 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     pool = WorkerPool(settings)
     # The script's environment, as the reference's launcher leaves it (secrets left out).
     pool.worker_env = worker_environment(settings, os.environ, os.getcwd(), port=port, health_port=health_port)
-    app = create_app(settings, pool, health_port=health_port)
+    http = protocol_class(Limits.from_settings(settings, health_port), pool)
+    app = create_app(settings, pool, health_port=health_port, auth=auth, connections=http.guard)
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http=protocol_class(Limits.from_settings(settings, health_port), pool),
+        http=http,
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -258,8 +304,10 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
         timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)),
         timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),  # our protocol's sweep enforces it
         backlog=2048,
+        **(tls.uvicorn_options() if tls is not None else {}),
     )
-    server = _Server(config, pool, settings, listeners)
+    plain = listeners[1] if tls is not None and health_port is not None and not settings.ssl_health_port else None
+    server = _Server(config, pool, settings, listeners, auth=auth, tls=tls, plain=plain)
     pool.on_fatal = server.fatal
     logger.info(
         "scorehost %s: %d worker(s), %d concurrent call(s), queue %d / %d ms, timeout %d ms",
@@ -271,9 +319,10 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
         settings.scoring_timeout_ms,
     )
     _print_banner(settings, banner(settings, port, health_port))
-    logger.info("Listening on http://%s:%d", _shown(host), port)
+    scheme = "https" if tls is not None else "http"
+    logger.info("Listening on %s://%s:%d", scheme, _shown(host), port)
     if health_port is not None:
-        logger.info("Health probes on http://%s:%d", _shown(host), health_port)
+        logger.info("Health probes on %s://%s:%d", "http" if plain else scheme, _shown(host), health_port)
     tune_gc()
     try:
         server.run(sockets=listeners)

@@ -31,7 +31,17 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 from annotated_types import Ge
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from server.errors import ConfigError, DiscoveryError
 from server.settings import Settings
@@ -58,8 +68,9 @@ _MAX_DEPTH = 8  # bounds the walk; a symlink loop cannot make it run forever
 
 # Keys refused on purpose, with the reason (extra="forbid" refuses them; this says why).
 _NOT_SUPPORTED = {
-    "max_batch_size": "request batching is not supported yet; remove the key",
-    "max_batch_time_ms": "request batching is not supported yet; remove the key",
+    "max_batch_time_ms": "not a scorehost key; use max_queue_delay_us (microseconds)",
+    "max_queue_delay_microseconds": "not a scorehost key; use max_queue_delay_us",
+    "preferred_batch_size": "not a scorehost key; use preferred_batch_sizes",
 }
 
 
@@ -98,7 +109,8 @@ class ModelConfig(BaseModel):
     """What ``<model>.scorehost.json`` may set. Every key is optional; unknown keys are errors.
 
     ``{"device": "cuda:1", "graph_optimization_level": "all", "gpu_mem_limit_mb": 2048,
-    "providers": ["CUDAExecutionProvider"], "compact": false, "warmup": true}``
+    "providers": ["CUDAExecutionProvider"], "compact": false, "warmup": true,
+    "max_batch_size": 32, "max_queue_delay_us": 500, "preferred_batch_sizes": [8, 16]}``
 
     There is no per-model thread count: every session shares the process's pool
     (``ort_threads``), and onnxruntime refuses per-session pools once that exists.
@@ -111,6 +123,10 @@ class ModelConfig(BaseModel):
     graph_optimization_level: str = "all"
     gpu_mem_limit_mb: Annotated[int, Strict(), bounded_like(Settings, "gpu_mem_limit_mb")] | None = None
     compact: StrictBool | None = None  # None: the store's model_compact setting
+    # Dynamic batching (server.store.batcher); None: the settings of the same name.
+    max_batch_size: Annotated[int, Strict(), bounded_like(Settings, "max_batch_size")] | None = None
+    max_queue_delay_us: Annotated[int, Strict(), bounded_like(Settings, "max_queue_delay_us")] | None = None
+    preferred_batch_sizes: tuple[Annotated[int, Strict(), Ge(1)], ...] | None = None
     # Each request maps input names to tensors; inputs left out get zeros.
     warmup: Annotated[tuple[Mapping[str, WarmupTensor], ...], BeforeValidator(_warmup)] = ()
 
@@ -123,6 +139,13 @@ class ModelConfig(BaseModel):
             except ValueError:
                 raise ValueError("must be auto, cpu, cuda or cuda:N") from None
         return value
+
+    @model_validator(mode="after")
+    def _check_preferred(self) -> ModelConfig:
+        top = self.max_batch_size
+        if top is not None and self.preferred_batch_sizes and max(self.preferred_batch_sizes) > top:
+            raise ValueError(f"preferred_batch_sizes must not exceed max_batch_size ({top})")
+        return self
 
     @field_validator("graph_optimization_level")
     @classmethod

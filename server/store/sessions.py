@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -31,6 +31,9 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 from server.cpus import available_cpus
 from server.errors import InternalError, InvalidInput, ScoreHostError
 from server.store.stats import ModelStats
+
+if TYPE_CHECKING:
+    from server.store.batcher import Batching, ModelBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -341,17 +344,19 @@ class ModelMetadata:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     providers: tuple[str, ...]
+    batching: Batching | None = None  # dynamic batching: on, or why not (server.store.batcher)
 
 
 class Model:
     """A loaded model. ``run`` is thread-safe and may be called from many threads at once."""
 
-    __slots__ = ("_inputs", "_outputs", "_session", "metadata", "stats")
+    __slots__ = ("_inputs", "_outputs", "_session", "batcher", "metadata", "stats")
 
     def __init__(self, session: Any, metadata: ModelMetadata) -> None:
         self._session = session
         self.metadata = metadata
         self.stats: ModelStats | None = None  # the store's counters for /metrics
+        self.batcher: ModelBatcher | None = None  # set when batching is on (server.store.batcher)
         self._inputs = {spec.name: spec for spec in metadata.inputs}
         self._outputs = {spec.name: spec for spec in metadata.outputs}
 
@@ -399,13 +404,19 @@ class Model:
         for name in names:
             if name not in self._outputs:
                 raise InvalidInput(f"model {self.name!r} has no output {name!r}; outputs: {list(self._outputs)}")
+        if self.batcher is not None:  # checked inputs only: a bad one never joins a batch
+            return self.batcher.submit(self, feed, names)
+        return dict(zip(names, self.execute(names, feed), strict=True))
+
+    def execute(self, names: list[str], feed: Mapping[str, Any]) -> list[Any]:
+        """One ``session.run`` of checked inputs; onnxruntime's errors as InvalidInput or InternalError."""
         try:
-            values = self._session.run(names, feed)
+            values: list[Any] = self._session.run(names, feed)
         except OrtInvalidArgument as exc:
             raise InvalidInput(f"model {self.name!r}: {describe_error(exc)}") from exc
         except Exception as exc:
             raise InternalError(f"model {self.name!r} failed: {describe_error(exc)}") from exc
-        return dict(zip(names, values, strict=True))
+        return values
 
     def _check(self, name: str, value: Any) -> Any:
         spec = self._inputs.get(name)

@@ -42,9 +42,9 @@ from server import deadline
 from server import settings as settings_module
 from server.errors import ModelNotFound, ModelNotReady, ModelStoreError
 from server.settings import Settings
+from server.store.batcher import open_model
 from server.store.repository import DiscoveryError, ModelSource, discover, warmup_feed
 from server.store.sessions import (
-    PLATFORM,
     Model,
     ModelMetadata,
     Runtime,
@@ -55,8 +55,8 @@ from server.store.sessions import (
     parse_device,
     plan_providers,
     session_options,
-    tensor_spec,
 )
+from server.store.stats import ModelStats
 
 __all__ = [
     "Model",
@@ -101,7 +101,7 @@ class ModelInfo:
 
 
 class _Entry:
-    __slots__ = ("lock", "metadata", "model", "reason", "source", "state")
+    __slots__ = ("lock", "metadata", "model", "reason", "source", "state", "stats")
 
     def __init__(self, source: ModelSource, state: ModelState) -> None:
         self.source = source
@@ -110,6 +110,7 @@ class _Entry:
         self.model: Model | None = None
         self.metadata: ModelMetadata | None = None
         self.lock = threading.Lock()  # one load at a time per model (lazy mode)
+        self.stats = ModelStats()  # for /metrics (server.store.stats)
 
 
 class ModelStore:
@@ -128,6 +129,7 @@ class ModelStore:
         self._loaded = 0
         self._failed = 0
         self._loaded_bytes = 0
+        self.loads = self.evictions = 0  # successful loads, LRU evictions (for /metrics)
         self._lru: OrderedDict[str, _Entry] = OrderedDict()
         self._warned: set[str] = set()
         self._failures: dict[str, str] = {}
@@ -200,6 +202,17 @@ class ModelStore:
         if entry.metadata is not None:
             return entry.metadata
         return self.get(name, version).metadata
+
+    def known_metadata(self, name: str, version: str | None = None) -> ModelMetadata | None:
+        """A model's metadata if it was ever loaded, else None; never loads, never raises."""
+        versions = self._entries.get(name)
+        entry = versions.get(self._default[name] if version is None else version) if versions else None
+        return entry.metadata if entry is not None else None
+
+    def model_stats(self) -> builtins.list[tuple[str, str, str, ModelStats]]:
+        """(name, version, state, counters) of every model, for /metrics (:mod:`server.store.stats`)."""
+        return [(e.source.name, e.source.version, e.state.value, e.stats) for vs in self._entries.values()
+                for e in vs.values()]  # fmt: skip
 
     def progress(self) -> dict[str, Any]:
         """``{"loaded", "failed", "total", "failures": {"name/version": reason}}``."""
@@ -278,6 +291,7 @@ class ModelStore:
 
     def _load(self, entry: _Entry) -> None:
         source = entry.source
+        started = time.perf_counter()
         try:
             model = self._open(source)
         except Exception as exc:
@@ -294,6 +308,9 @@ class ModelStore:
                 entry.metadata = model.metadata
                 entry.state = ModelState.READY
                 entry.reason = None
+                entry.stats.load_seconds = time.perf_counter() - started
+                model.stats = entry.stats
+                self.loads += 1
                 self._loaded += 1
                 self._loaded_bytes += source.size_bytes
                 if self._lazy:
@@ -324,18 +341,10 @@ class ModelStore:
         session, fallback = create_session(source.path, options, plan)
         if fallback:
             self._log_once(logging.WARNING, fallback)
-        metadata = ModelMetadata(
-            source.name,
-            source.version,
-            PLATFORM,
-            tuple(tensor_spec(a) for a in session.get_inputs()),
-            tuple(tensor_spec(a) for a in session.get_outputs()),
-            tuple(session.get_providers()),
-        )
-        model = Model(session, metadata)
+        model = open_model(session, source, s)  # metadata, and dynamic batching (server.store.batcher)
         for i, request in enumerate(cfg.warmup):
             try:
-                model.run(warmup_feed(metadata.inputs, request))
+                model.run(warmup_feed(model.metadata.inputs, request))
             except Exception as exc:
                 raise RuntimeError(f"warm-up request {i} failed: {describe_error(exc)}") from exc
         return model
@@ -371,6 +380,7 @@ class ModelStore:
                     evicted.append(cold.model)
                     cold.model = None
                     cold.state = ModelState.UNLOADED
+                    self.evictions += 1
                     self._loaded -= 1
                     self._loaded_bytes -= cold.source.size_bytes
         for model in evicted:

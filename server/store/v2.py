@@ -33,6 +33,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,7 @@ _HEADER_LENGTH = "inference-header-content-length"
 _NUMPY_TO_V2 = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
 _MAX_HEADER_DIGITS = 19  # Inference-Header-Content-Length: any body length fits
 
-__all__ = ["DATATYPES", "V2Handler"]
+__all__ = ["DATATYPES", "InferRequest", "V2Handler", "error_reply"]
 
 
 class V2Handler:
@@ -106,18 +107,26 @@ class V2Handler:
         """
         try:
             return self._route(method, path, body, headers or {}, request_id)
-        except ScoreHostError as exc:
-            return Reply.from_error(exc, v2=True)
-        except MemoryError:
-            # Every allocation here is bounded by the body's size; this one still did not fit.
-            logger.warning("V2 %s %s: out of memory", method, path)
-            return Reply.from_error(PayloadTooLarge("the request does not fit in the memory available"), v2=True)
         except Exception as exc:
-            # Internal text (paths, exception details) goes to the log, not to the client.
-            logger.exception("V2 %s %s failed", method, path)
-            return Reply.from_error(exc, v2=True)
+            return error_reply(exc, method, path)
+
+    @property
+    def store(self) -> ModelStore:
+        return self._store
 
     # --- routing -------------------------------------------------------------------------
+    @staticmethod
+    def infer_route(method: str, path: str) -> tuple[str, str | None] | None:
+        """(model, version or None) when ``method path`` is an inference request, else None."""
+        if method != "POST" or not path.endswith("infer"):
+            return None
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "infer":
+            return parts[2], None
+        if len(parts) == 6 and parts[:2] == ["v2", "models"] and parts[3] == "versions" and parts[5] == "infer":
+            return parts[2], parts[4]
+        return None
+
     def _route(self, method: str, path: str, body: bytes, headers: Mapping[str, str], request_id: str | None) -> Reply:
         parts = path.strip("/").split("/")
         if "" in parts:  # a doubled slash, or the path "/"
@@ -152,13 +161,15 @@ class V2Handler:
     # --- metadata, readiness, index ---------------------------------------------------------
     def _model_metadata(self, name: str, version: str | None) -> Reply:
         md = self._store.metadata(name, version)
-        payload = {
+        payload: dict[str, Any] = {
             "name": md.name,
             "versions": self._store.versions(name),
             "platform": md.platform,
             "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.inputs],
             "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.outputs],
         }
+        if md.batching is not None:
+            payload["parameters"] = {"batching": md.batching.as_dict()}
         return Reply(200, orjson.dumps(payload))
 
     def _model_ready(self, name: str, version: str | None) -> Reply:
@@ -197,7 +208,15 @@ class V2Handler:
     def _infer(
         self, name: str, version: str | None, body: bytes, headers: Mapping[str, str], call_id: str | None
     ) -> Reply:
-        model = self._store.get(name, version)
+        request = self.decode(self._store.get(name, version), body, headers, call_id)
+        started = time.perf_counter()
+        results = request.model.run(request.feed, request.names)
+        exec_ms = (time.perf_counter() - started) * 1000.0
+        request.feed = {}  # the inputs are no longer needed while the answer is encoded
+        return self.encode(request, results, exec_ms)
+
+    def decode(self, model: Model, body: bytes, headers: Mapping[str, str], call_id: str | None) -> InferRequest:
+        """An inference request's body as checked arrays for ``model``; raises ScoreHostError (4xx)."""
         lowered = {k.lower(): v for k, v in headers.items()} if headers else {}
         body = self._decompress(body, lowered.get("content-encoding"))
         header_length = lowered.get(_HEADER_LENGTH)
@@ -227,21 +246,22 @@ class V2Handler:
         items = request.pop("inputs", None)
         del request  # the decoded inputs replace the parsed data; keep neither twice
         feed = self._decode_inputs(model, items, binary, body, spans)
-        del items
-        started = time.perf_counter()
-        results = model.run(feed, names)
-        exec_ms = (time.perf_counter() - started) * 1000.0
-        del feed
         if request_id is None:
             request_id = call_id or lowered.get("x-request-id") or str(uuid.uuid4())
+        return InferRequest(model, feed, names, as_binary, request_id)
+
+    @staticmethod
+    def encode(request: InferRequest, results: Mapping[str, Any], exec_ms: float) -> Reply:
+        """The answer to a decoded request, from its outputs."""
+        model = request.model
         outputs: list[dict[str, Any]] = []
         blobs: list[Any] = []
         for out_name, value in results.items():
-            outputs.append(_encode_output(out_name, value, out_name in as_binary, blobs))
+            outputs.append(_encode_output(out_name, value, out_name in request.as_binary, blobs))
         payload = {
             "model_name": model.name,
             "model_version": model.version,
-            "id": request_id,
+            "id": request.request_id,
             "outputs": outputs,
         }
         head = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -336,6 +356,30 @@ class V2Handler:
         if inflater.unconsumed_tail:
             raise PayloadTooLarge(f"the decompressed body is larger than {self._max_bytes} bytes")
         return data
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded inference request: the model, its checked inputs, and how to answer."""
+
+    model: Model
+    feed: dict[str, Any]
+    names: list[str] | None  # None: every output
+    as_binary: set[str]
+    request_id: str
+
+
+def error_reply(exc: BaseException, method: str, path: str) -> Reply:
+    """The V2 answer for an exception while handling ``method path``."""
+    if isinstance(exc, ScoreHostError):
+        return Reply.from_error(exc, v2=True)
+    if isinstance(exc, MemoryError):
+        # Every allocation here is bounded by the body's size; this one still did not fit.
+        logger.warning("V2 %s %s: out of memory", method, path)
+        return Reply.from_error(PayloadTooLarge("the request does not fit in the memory available"), v2=True)
+    # Internal text (paths, exception details) goes to the log, not to the client.
+    logger.error("V2 %s %s failed", method, path, exc_info=exc)
+    return Reply.from_error(exc, v2=True)
 
 
 # --- request decoding ------------------------------------------------------------------------

@@ -37,11 +37,13 @@ from typing import Any, cast
 
 from server import deadline, log
 from server import settings as settings_module
+from server import tracing as tracing_module
 from server.entry.results import Stream
 from server.entry.script import EntryScript, model_dir_tree
 from server.errors import EntryScriptError, LoggingFileError, NotFound, Overloaded, ScoreHostError, ScoringTimeout
 from server.gctune import tune_gc
 from server.settings import Settings
+from server.store.stats import start_reporting
 from server.workers import protocol
 from server.workers.protocol import Call, Kind, Ready, Reply, Target
 from server.workers.streaming import Outlet, StreamPump
@@ -55,9 +57,12 @@ EXIT_INIT_FAILED = 3
 class Host:
     """What a worker serves: the entry script, the model store, or both."""
 
-    def __init__(self, settings: Settings, channel: _Channel) -> None:
+    def __init__(
+        self, settings: Settings, channel: _Channel, tracing: tracing_module.WorkerTracing | None = None
+    ) -> None:
         self.settings = settings
         self.channel = channel
+        self.tracing = tracing  # None: tracing off
         self.script: EntryScript | None = None
         self.v2: Any = None
         self.ready = Ready(os.getpid())
@@ -88,6 +93,18 @@ class Host:
         self.channel.send(protocol.encode_message(Kind.STATE, {"models": state}))
 
     def handle_sync(self, call: Call) -> Reply | Stream:
+        started = time.monotonic()
+        if self.tracing is not None and call.traceparent:
+            return _started(self.tracing.run(call, self._handle_sync), started)
+        return _started(self._handle_sync(call), started)
+
+    async def handle_async(self, call: Call) -> Reply | Stream:
+        started = time.monotonic()
+        if self.tracing is not None and call.traceparent:
+            return _started(await self.tracing.run_async(call, self._handle_async), started)
+        return _started(await self._handle_async(call), started)
+
+    def _handle_sync(self, call: Call) -> Reply | Stream:
         token = log.request_id_var.set(call.request_id)
         deadline_token = deadline.current.set(call.deadline)
         try:
@@ -100,7 +117,7 @@ class Host:
             deadline.current.reset(deadline_token)
             log.request_id_var.reset(token)
 
-    async def handle_async(self, call: Call) -> Reply | Stream:
+    async def _handle_async(self, call: Call) -> Reply | Stream:
         log.request_id_var.set(call.request_id)  # this task's own context
         deadline.current.set(call.deadline)
         assert self.script is not None
@@ -129,6 +146,12 @@ class Host:
             logger.exception("V2 handler failed")
             return Reply.from_error(exc, v2=True)
         return reply
+
+
+def _started(result: Reply | Stream, started: float) -> Reply | Stream:
+    """Stamp when the call began (the end of its queue wait, for /metrics and the queue span)."""
+    (result if isinstance(result, Reply) else result.head).started_at = started
+    return result
 
 
 class _Channel:
@@ -166,6 +189,11 @@ class WorkerProtocol(asyncio.Protocol):
         self.inline_stream = False
         self.backlog: deque[Call] = deque()
         self._stream_thread: ThreadPoolExecutor | None = None
+        self.batcher: Any = None  # V2 calls of batching models, batched per model (server.store.v2batch)
+        if host.v2 is not None:
+            from server.store.v2batch import V2Batcher
+
+            self.batcher = V2Batcher(host.v2, self.loop, self._send, self.pool, slots)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # NOTE: uvloop's transports do not subclass asyncio.Transport. Replies made in
@@ -207,6 +235,8 @@ class WorkerProtocol(asyncio.Protocol):
             self._send(call.call_id, refusal)
         elif call.target is Target.SCORE and self.host.async_score:
             self._track(call.call_id, self.loop.create_task(self._run_async(call)))
+        elif call.target is Target.V2 and self.batcher is not None and self.batcher.offer(call):
+            return  # answered by the batcher
         elif self.pool is None:
             self._deliver(call.call_id, self.host.handle_sync(call), inline=True)
         else:
@@ -334,6 +364,10 @@ async def _serve(sock: socket.socket, host: Host, slots: int) -> int:
     done: asyncio.Future[int] = loop.create_future()
     sock.setblocking(False)
     _, proto = await loop.create_unix_connection(lambda: WorkerProtocol(host, slots, done), sock=sock)
+    if host.settings.metrics:
+        start_reporting(loop, proto._write, host.settings.metrics_per_model)
+    if host.settings.collect_model_data:
+        attach_collect_hook(loop, proto)
     try:
         return await done
     finally:
@@ -342,6 +376,24 @@ async def _serve(sock: socket.socket, host: Host, slots: int) -> int:
         for executor in (proto.pool, proto._stream_thread):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
+
+
+def install_collect_hook(settings: Settings) -> None:
+    """Model data collection: the thread-safe outbox through which the script's collectors
+    (:mod:`server.entry.monitoring`) send COLLECT frames; it holds records made in ``init()`` until
+    :func:`attach_collect_hook`. Nothing is imported when collection is off."""
+    if settings.collect_model_data:
+        from server.collect import outbox
+
+        outbox.install(outbox.Outbox())
+
+
+def attach_collect_hook(loop: asyncio.AbstractEventLoop, proto: WorkerProtocol) -> None:
+    from server.collect import outbox
+
+    box = outbox.current()
+    if box is not None:
+        box.attach(loop, proto._write, lambda: proto.transport.get_write_buffer_size() if proto.transport else 0)
 
 
 def die_with_parent(parent: int) -> None:
@@ -388,7 +440,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.stdout = log.PrintToLog()
 
-    host = Host(settings, channel)
+    # Before the script loads: its own trace.get_tracer() must find our provider.
+    telemetry = tracing_module.setup(settings, os.environ, role="worker", worker=args.index, install_global=True)
+    host = Host(settings, channel, tracing_module.WorkerTracing(telemetry) if telemetry is not None else None)
+    install_collect_hook(settings)
+    try:
+        return _load_and_serve(host, channel, sock, args)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # export what is buffered
+
+
+def _load_and_serve(host: Host, channel: _Channel, sock: socket.socket, args: argparse.Namespace) -> int:
+    settings = host.settings
     try:
         host.load()
     except (EntryScriptError, ScoreHostError) as exc:

@@ -24,7 +24,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from server import deadline
 from server.errors import NotReady, Overloaded, ScoreHostError, ScoringTimeout
@@ -42,6 +43,14 @@ logger = logging.getLogger("scorehost.pool")
 DEADLINE_SWEEP_S = 0.005
 
 
+class CallTracer(Protocol):
+    """Tracing of calls (``server.tracing``), set only when tracing is on."""
+
+    def traceparent(self) -> str: ...
+
+    def queued(self, arrived: float, answer: Answer) -> None: ...
+
+
 class WorkerPool(Supervisor):
     """N worker processes behind one admission queue."""
 
@@ -55,6 +64,10 @@ class WorkerPool(Supervisor):
         self._ids = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # /metrics and tracing hooks (server.metrics, server.tracing); None when off.
+        self.on_answer: Callable[[float, Reply], None] | None = None
+        self.tracer: CallTracer | None = None
+        self.pipeline_timeouts = 0  # calls answered 503 while waiting in a worker's pipeline
 
     # --- life cycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -118,10 +131,17 @@ class WorkerPool(Supervisor):
         call.deadline = deadline.call_deadline(time.monotonic(), self.timeout_ms)
         urgent = len(worker.in_flight) < worker.slots
         call.start_by = NO_START_BY if urgent else arrived + self.queue_wait_s
+        tracer = self.tracer
+        if tracer is not None:
+            call.traceparent = tracer.traceparent()
         future: asyncio.Future[Answer] = self._loop.create_future()
-        worker.in_flight[call.call_id] = Pending(future, call.deadline, call.start_by)
+        worker.in_flight[call.call_id] = Pending(future, call.deadline, call.start_by, arrived)
         worker.conn.send(protocol.encode_call(call), urgent)
-        return await future
+        if tracer is None:
+            return await future
+        answer = await future
+        tracer.queued(arrived, answer)
+        return answer
 
     # --- frames from workers ------------------------------------------------------
     def on_reply(self, worker: Worker, call_id: int, reply: Reply) -> None:
@@ -132,6 +152,8 @@ class WorkerPool(Supervisor):
         pending = worker.in_flight.pop(call_id, None)
         if pending is None:
             return
+        if self.on_answer is not None:
+            self.on_answer(pending.arrived, reply)
         if not pending.future.done():
             pending.future.set_result(reply)
         if reply.exec_ms is not None:
@@ -142,6 +164,8 @@ class WorkerPool(Supervisor):
         pending = worker.in_flight.get(call_id)
         if pending is None:
             return
+        if self.on_answer is not None:
+            self.on_answer(pending.arrived, head)
         stream = ReplyStream(head, lambda n: self._credit(worker, call_id, n), lambda: self._cancel(worker, call_id))
         pending.stream = stream
         pending.start_by = math.inf
@@ -187,6 +211,7 @@ class WorkerPool(Supervisor):
                 elif position >= worker.slots and pending.start_by <= now and not pending.future.done():
                     logger.warning("Call %d waited in worker %d's pipeline past the queue deadline; answered 503",
                                    call_id, worker.index)  # fmt: skip
+                    self.pipeline_timeouts += 1
                     pending.future.set_exception(
                         Overloaded(f"No scoring slot became free within {self.settings.max_queue_wait_ms} ms; "
                                    "try again later.")

@@ -16,6 +16,7 @@ write in each direction, and many requests share one system call under load.
                               set, only its head: CHUNK frames and one END follow
     CHUNK   worker -> front   a piece of a streamed reply
     END     worker -> front   a streamed reply is complete (or failed midway)
+    COLLECT worker -> front   a record from a script's data collector (:class:`Collected`)
 
 This module is pure: no sockets, no event loop, no HTTP.
 """
@@ -45,6 +46,7 @@ class Kind(enum.IntEnum):
     REPLY = 0x41  # "A"
     CHUNK = 0x44  # "D"
     END = 0x45  # "E"
+    COLLECT = 0x4C  # "L"
 
 
 class Target(enum.IntEnum):
@@ -196,6 +198,30 @@ class Ready:
     models: dict[str, Any] | None = None
 
 
+@dataclass(slots=True)
+class Collected:
+    """COLLECT: one record from an entry script's collector (:mod:`server.entry.monitoring`), for
+    the HTTP process's writer (:mod:`server.collect`). ``data`` is JSON text unless ``truncated``."""
+
+    collection: str
+    type: str
+    data: bytes
+    time: float  # time.time()
+    correlation_id: str = ""
+    request_id: str = ""
+    model: str = ""
+    model_version: str = ""
+    data_type: str = ""
+    size: int = 0  # of the data before truncation
+    truncated: bool = False
+    dropped: int = 0  # records the worker dropped (outbound buffer full) since its previous COLLECT
+
+
+# kind, time, size, dropped, truncated, then the byte lengths of _COLLECT_TEXT's fields
+_COLLECT = struct.Struct("<BdQIB7H")
+_COLLECT_TEXT = ("collection", "type", "correlation_id", "request_id", "model", "model_version", "data_type")
+
+
 # --- encoding -------------------------------------------------------------------
 def encode_call(call: Call) -> bytes:
     rid = call.request_id.encode()
@@ -252,6 +278,13 @@ def encode_credit(call_id: int, consumed: int) -> bytes:
 def encode_ready(ready: Ready) -> bytes:
     payload = {"pid": ready.pid, "script": ready.script.to_dict() if ready.script else None, "models": ready.models}
     return encode_message(Kind.READY, payload)
+
+
+def encode_collect(record: Collected) -> bytes:
+    texts = [getattr(record, name).encode()[:0xFFFF] for name in _COLLECT_TEXT]
+    head = _COLLECT.pack(Kind.COLLECT, record.time, record.size, record.dropped, record.truncated, *map(len, texts))
+    size = len(head) + sum(map(len, texts)) + len(record.data)
+    return b"".join((_LEN.pack(size), head, *texts, record.data))
 
 
 def encode_message(kind: Kind, payload: dict[str, Any] | None = None) -> bytes:
@@ -336,6 +369,20 @@ def decode_ready(frame: memoryview) -> Ready:
     data = decode_message(frame)
     script = data.get("script")
     return Ready(int(data["pid"]), ScriptInfo.from_dict(script) if script else None, data.get("models"))
+
+
+def decode_collect(frame: memoryview | bytes) -> Collected:
+    _, at, size, dropped, truncated, *lengths = _COLLECT.unpack_from(frame)
+    pos = _COLLECT.size
+    texts: list[str] = []
+    for n in lengths:
+        texts.append(bytes(frame[pos : pos + n]).decode(errors="replace"))
+        pos += n
+    collection, kind, correlation, rid, model, version, data_type = texts
+    data = bytes(frame[pos:])
+    return Collected(
+        collection, kind, data, at, correlation, rid, model, version, data_type, size, bool(truncated), dropped
+    )
 
 
 def decode_message(frame: memoryview) -> dict[str, Any]:

@@ -77,10 +77,13 @@ Answer = Reply | ReplyStream
 class Pending:
     """A call sent to a worker."""
 
-    __slots__ = ("call_deadline", "deadline", "future", "start_by", "stream")
+    __slots__ = ("arrived", "call_deadline", "deadline", "future", "start_by", "stream")
 
-    def __init__(self, future: asyncio.Future[Answer], deadline: float, start_by: float = math.inf) -> None:
+    def __init__(
+        self, future: asyncio.Future[Answer], deadline: float, start_by: float = math.inf, arrived: float = 0.0
+    ) -> None:
         self.future = future
+        self.arrived = arrived  # when the request reached the pool (its queue wait began)
         self.call_deadline = deadline  # the scoring deadline (the wedge rule counts from it)
         self.deadline = deadline  # the next deadline: scoring, then a stream's idle gap
         self.start_by = start_by  # finite while a pipelined call waits in the worker

@@ -32,8 +32,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from server.errors import ScriptError
 from server.settings import SECRET_FIELDS, Settings
@@ -61,6 +62,14 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
+class WorkerMonitor(Protocol):
+    """What /metrics learns from the supervisor (``server.metrics``): STATS frames and exits."""
+
+    def on_stats(self, worker: Worker, payload: dict[str, Any]) -> None: ...
+
+    def on_exit(self, worker: Worker, pid: int | None, cause: str) -> None: ...
+
+
 class Worker:
     def __init__(self, index: int, slots: int) -> None:
         self.index = index
@@ -78,6 +87,7 @@ class Worker:
         self.restarts = 0
         self.ever_ready = False
         self.kill_reason: str | None = None
+        self.kill_cause: str | None = None  # a metrics label: wedged, init_timeout, shutdown
         self.fail_message: str | None = None
         self.models: dict[str, Any] | None = None
         # Smoothed run() time, for the pipelining budget; starts pessimistic.
@@ -148,6 +158,10 @@ class WorkerConnection(asyncio.Protocol):
                 worker.models = protocol.decode_message(frame).get("models")
             elif kind == Kind.FAILED:
                 worker.fail_message = protocol.decode_message(frame).get("message")
+            elif kind == Kind.STATS and sup.monitor is not None:
+                sup.monitor.on_stats(worker, protocol.decode_message(frame))
+            elif kind == Kind.COLLECT and sup.on_collect is not None:
+                sup.on_collect(frame)
         if self.out is not None:
             # NOTE: scheduled, not immediate: waiters handed a slot by these replies
             # dispatch first and join the same write.
@@ -175,6 +189,11 @@ class Supervisor:
         self.stopping = False
         self.script: ScriptInfo | None = None
         self.worker_env: Mapping[str, str] | None = None  # None: this process's environment
+        self.monitor: WorkerMonitor | None = None
+        # Model data collection (server.collect.writer.PayloadCollector.frame): COLLECT frames.
+        self.on_collect: Callable[[memoryview], None] | None = None
+        # Restarts by cause (crash, init_failed, init_timeout, wedged), for /metrics.
+        self.restart_causes: Counter[str] = Counter()
         self._watch_task: asyncio.Task[None] | None = None
 
     # --- hooks for the pool ---------------------------------------------------
@@ -212,6 +231,7 @@ class Supervisor:
         ]  # fmt: skip
         worker.generation += 1
         worker.kill_reason = None
+        worker.kill_cause = None
         worker.fail_message = None
         try:
             worker.proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),), env=env)
@@ -250,6 +270,9 @@ class Supervisor:
                 code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 5.0)
         was = worker.state
         reason = worker.kill_reason or f"exited unexpectedly (exit code {code})"
+        cause = worker.kill_cause or ("init_failed" if was is State.STARTING else "crash")
+        if self.monitor is not None:
+            self.monitor.on_exit(worker, proc.pid if proc is not None else None, cause)
         failed = 0
         for pending in worker.in_flight.values():
             if pending.fail(ScriptError(f"The worker process running run() {reason}.")):
@@ -276,6 +299,7 @@ class Supervisor:
             delay = min(self.settings.restart_backoff_max_s, FIRST_BACKOFF_S * 2 ** (worker.failures - 1))
         worker.state = State.BACKOFF
         worker.restarts += 1
+        self.restart_causes[cause] += 1
         logger.warning("Worker %d %s; restarting in %.1f s", worker.index, reason, delay)
         asyncio.get_running_loop().call_later(delay, self._restart, worker)
 
@@ -291,8 +315,9 @@ class Supervisor:
         if self.on_fatal is not None:
             self.on_fatal(message)
 
-    def kill(self, worker: Worker, reason: str) -> None:
+    def kill(self, worker: Worker, reason: str, cause: str = "killed") -> None:
         worker.kill_reason = reason
+        worker.kill_cause = cause
         if worker.proc is not None and worker.proc.poll() is None:
             try:
                 os.kill(worker.proc.pid, signal.SIGKILL)
@@ -317,13 +342,13 @@ class Supervisor:
                     continue
                 if w.state is State.STARTING and now - w.started_at > init_s:
                     logger.error("Worker %d did not finish init() within %.0f s", w.index, init_s)
-                    self.kill(w, f"did not finish init() within {init_s:.0f} s")
+                    self.kill(w, f"did not finish init() within {init_s:.0f} s", "init_timeout")
                 elif w.state is State.READY and _stuck(w, now, wedge_s) >= w.slots:
                     logger.error(
                         "Worker %d is wedged: all %d slot(s) held by calls more than %d ms past their deadline; "
                         "replacing it", w.index, w.slots, self.settings.wedged_after_ms,
                     )  # fmt: skip
-                    self.kill(w, "was replaced because run() was stuck past its deadline")
+                    self.kill(w, "was replaced because run() was stuck past its deadline", "wedged")
 
     async def stop_workers(self, grace_s: float) -> None:
         """Let workers finish in-flight calls for up to ``grace_s``, then kill them."""
@@ -338,7 +363,7 @@ class Supervisor:
         for w in self.workers:
             if w.proc is not None and w.proc.poll() is None:
                 logger.warning("Worker %d did not stop within %.1f s; killing it", w.index, grace_s)
-                self.kill(w, "was killed at shutdown")
+                self.kill(w, "was killed at shutdown", "shutdown")
         for w in self.workers:
             if w.proc is not None:
                 try:

@@ -64,6 +64,8 @@ def test_image_contract(dockerfile: Path) -> None:
     assert 'ENTRYPOINT ["scorehost", "serve"]' in text, "exec form: the server is PID 1 and gets SIGTERM"
     for setting in ("AML_APP_ROOT=/var/azureml-app", "AZUREML_MODEL_DIR=/var/azureml-app/azureml-models"):
         assert setting in text
+    # docs/security.md: key auth by default, and a read-only root file system with /tmp as a volume.
+    assert "SCOREHOST_AUTH_MODE=key" in text and 'VOLUME ["/tmp"]' in text
     assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"scorehost\", \"probe\"", text, re.MULTILINE)
 
 

@@ -24,16 +24,18 @@ from .conftest import ROOT, Container, docker
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
 
 SAMPLE = ROOT / "examples" / "sample-request.json"
-MOUNT = ["-e", "AZUREML_ENTRY_SCRIPT=score.py", "-e", "AZUREML_MODEL_DIR=/var/azureml-app/model"]
+KEY = ["-e", "SCOREHOST_PRIMARY_KEY=container-test-key"]  # the images default to auth_mode=key
+MOUNT = ["-e", "AZUREML_ENTRY_SCRIPT=score.py", "-e", "AZUREML_MODEL_DIR=/var/azureml-app/model", *KEY]
 HEALTHY_WITHIN_S = 60  # measured ~2 s; the bound only stops a hung test
 UID = "10001"
 
 # Runs inside the container (python, no curl there): POST the sample, print status and body.
 POST_SAMPLE = """
-import sys, urllib.request, urllib.error
+import os, sys, urllib.request, urllib.error
 body = open(sys.argv[1], 'rb').read()
 url = 'http://127.0.0.1:5001' + sys.argv[2]
-req = urllib.request.Request(url, body, {'Content-Type': 'application/json'})
+auth = 'Bearer ' + os.environ.get('SCOREHOST_PRIMARY_KEY', '')
+req = urllib.request.Request(url, body, {'Content-Type': 'application/json', 'Authorization': auth})
 try:
     with urllib.request.urlopen(req, timeout=20) as r:
         print(r.status); print(r.read().decode())
@@ -53,10 +55,15 @@ def expected_predictions() -> np.ndarray[Any, Any]:
 
 
 def post(container: Container, body_path: str, path: str = "/score") -> tuple[int, Any]:
-    result = container.exec("python", "-c", POST_SAMPLE, body_path, path)
-    assert result.returncode == 0, result.stderr + container.logs()
-    status, _, body = result.stdout.partition("\n")
-    return int(status), json.loads(body)
+    # `healthy` is liveness, which answers while init() runs: a 503 before readiness is retried.
+    deadline = time.monotonic() + HEALTHY_WITHIN_S
+    while True:
+        result = container.exec("python", "-c", POST_SAMPLE, body_path, path)
+        assert result.returncode == 0, result.stderr + container.logs()
+        status, _, body = result.stdout.partition("\n")
+        if int(status) != 503 or time.monotonic() > deadline:
+            return int(status), json.loads(body)
+        time.sleep(0.5)
 
 
 def check_scores(container: Container, body_path: str) -> None:
@@ -71,10 +78,12 @@ def check_scores(container: Container, body_path: str) -> None:
 def test_cpu_image_serves_a_mounted_entry_script_and_stops_cleanly(
     cpu_image: str, run_container: Callable[..., Container], app_dir: Path
 ) -> None:
-    c = run_container(cpu_image, "-v", f"{app_dir}:/var/azureml-app:ro", *MOUNT)
+    # A read-only root file system, as the Kubernetes manifests set it (docs/security.md).
+    c = run_container(cpu_image, "--read-only", "-v", f"{app_dir}:/var/azureml-app:ro", *MOUNT)
     healthy_after = c.wait_healthy(HEALTHY_WITHIN_S)
     print(f"\nhealthy after {healthy_after:.1f} s")
     check_scores(c, "/var/azureml-app/sample-request.json")
+    assert "Read-only file system" not in c.logs() and "Failed to persist" not in c.logs()
 
     # Non-root, and the server itself is PID 1 (exec-form ENTRYPOINT), so it gets SIGTERM.
     assert c.inspect()["Config"]["User"].split(":")[0] == UID
@@ -98,7 +107,7 @@ def test_cpu_image_serves_a_mounted_entry_script_and_stops_cleanly(
 
 
 def test_baked_image_serves_without_mounts(baked_image: str, run_container: Callable[..., Container]) -> None:
-    c = run_container(baked_image)
+    c = run_container(baked_image, *KEY)
     c.wait_healthy(HEALTHY_WITHIN_S)
     # The bake example puts nothing but score.py and the model in; the sample goes in over exec.
     c.write("/tmp/sample.json", SAMPLE.read_text())
@@ -109,13 +118,22 @@ def test_baked_image_serves_without_mounts(baked_image: str, run_container: Call
 def test_failing_init_ends_the_container_with_the_traceback(
     cpu_image: str, run_container: Callable[..., Container], app_dir: Path
 ) -> None:
-    c = run_container(cpu_image, "-v", f"{app_dir}:/var/azureml-app:ro", "-e", "AZUREML_ENTRY_SCRIPT=bad_init.py")
+    c = run_container(cpu_image, "-v", f"{app_dir}:/var/azureml-app:ro", "-e", "AZUREML_ENTRY_SCRIPT=bad_init.py", *KEY)
     exit_code = c.wait_exit(timeout=60)
     logs = c.logs()
     assert exit_code != 0, logs
     assert "Traceback (most recent call last)" in logs
     assert "RuntimeError: boom in init" in logs
     assert c.inspect()["State"].get("Health", {}).get("Status") != "healthy"
+
+
+def test_cpu_image_without_a_key_exits_2_saying_so(
+    cpu_image: str, run_container: Callable[..., Container], app_dir: Path
+) -> None:
+    # The images default to auth_mode=key: listening on every interface with no key is refused.
+    c = run_container(cpu_image, "-v", f"{app_dir}:/var/azureml-app:ro", *MOUNT[:4])
+    assert c.wait_exit(timeout=60) == 2
+    assert "auth_mode=key needs keys" in c.logs()
 
 
 # --- GPU image, without a GPU --------------------------------------------------------------------
@@ -178,7 +196,7 @@ def test_gpu_image_serves_on_cpu_without_a_gpu(
     # No entry script: the model store serves model/ over the V2 protocol with device "auto",
     # which must fall back to the CPU here instead of failing.
     c = run_container(
-        gpu_image, "-v", f"{app_dir}:/var/azureml-app:ro", "-e", "AZUREML_MODEL_DIR=/var/azureml-app/model"
+        gpu_image, "-v", f"{app_dir}:/var/azureml-app:ro", "-e", "AZUREML_MODEL_DIR=/var/azureml-app/model", *KEY
     )
     c.wait_healthy(HEALTHY_WITHIN_S)
     data = json.loads(SAMPLE.read_text())["data"]
