@@ -39,7 +39,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from server.batch_metrics import BatchTotals
+from server.batching.metrics import BatchTotals
 from server.errors import NotReady, ScoreHostError, ScoringTimeout
 from server.metrics_collect import ModelTotals, ServerCollector, Snapshot, families
 from server.workers.protocol import Reply
@@ -221,7 +221,7 @@ class Metrics:
             PlatformCollector(registry=None),
             multiprocess.MultiProcessCollector(None, path=self.multiproc_dir),  # type: ignore[no-untyped-call]
         ]
-        self.batching = BatchTotals()  # dynamic batching's counters (server.batch_metrics)
+        self.batching = BatchTotals()  # dynamic batching's counters (server.batching.metrics)
         self.library.append(self.batching)  # read off the loop as these are: it copies first
         self.registry = CollectorRegistry()
         for collector in (self.collector, *self.library):
@@ -229,7 +229,7 @@ class Metrics:
 
     # --- WorkerMonitor (server.workers.supervision) ------------------------------
     def on_stats(self, worker: Worker, payload: dict[str, Any]) -> None:
-        if "batching" in payload:  # a frame of its own (server.batch_stats)
+        if "batching" in payload:  # a frame of its own (server.batching.stats)
             self.batching.apply(worker.index, payload["batching"])
             return
         self.models.apply(worker.index, payload)

@@ -21,7 +21,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from server.batch_settings import BatchSettings
+from server.batching.settings import BatchSettings
 from server.collect.settings import CollectSettings
 from server.security_settings import SecuritySettings
 

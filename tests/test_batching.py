@@ -17,10 +17,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import make_identity, make_mlp, make_two_inputs, mlp_reference, save_model
 
-from server import batch_stats, deadline
-from server.batch_metrics import BatchTotals
-from server.batch_queue import Policy, ThreadBatcher, Waiter, decide
-from server.batch_stats import STATS
+from server import deadline
+from server.batching import stats as batch_stats
+from server.batching.metrics import BatchTotals
+from server.batching.queue import Policy, ThreadBatcher, Waiter, decide
+from server.batching.stats import STATS
 from server.entry.batching import batch
 from server.errors import ConfigError, ScoringTimeout
 from server.settings import Settings

@@ -18,7 +18,7 @@ What batches: calls that are in progress at the same time. An ``async def run()`
 call of the worker in flight at once (each is a task), so the batches fill under load. A sync
 ``run()`` runs ``max_concurrent_requests`` per worker at once (one thread each): that is the
 most a batch can hold, so raise it to the batch size you want (with one slot, every call runs
-alone). The rule (:func:`server.batch_queue.decide`): a call that finds nothing waiting runs at
+alone). The rule (:func:`server.batching.queue.decide`): a call that finds nothing waiting runs at
 once; calls that wait together run when they fill ``max_batch_size`` or when the oldest has
 waited ``max_delay_ms``; calls that come while a batch runs form the next one.
 
@@ -42,8 +42,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, overload
 
 from server import deadline
-from server.batch_queue import Policy, ThreadBatcher, Waiter, decide, expired_error, take
-from server.batch_stats import STATS
+from server.batching.queue import Policy, ThreadBatcher, Waiter, decide, expired_error, take
+from server.batching.stats import STATS
 
 logger = logging.getLogger("scorehost.entry")
 

@@ -14,7 +14,7 @@ whose inputs disagree on their first dimension, runs alone.
 Isolation: inputs are checked before they join (V2 decoding, ``Model._check``), so a bad input
 fails its own call with 400. A batch that still fails (onnxruntime refused or crashed on it) is
 run again one call at a time, so one poisoned input fails only its own call; that is counted as
-a fallback (:mod:`server.batch_stats`). A model whose outputs turn out not to follow the batch
+a fallback (:mod:`server.batching.stats`). A model whose outputs turn out not to follow the batch
 axis stops batching, with the reason in the log.
 
 Who batches: V2 requests are batched in the worker, across connections
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from server.batch_queue import Policy, ThreadBatcher, Waiter, expired_error
-from server.batch_stats import STATS
+from server.batching.queue import Policy, ThreadBatcher, Waiter, expired_error
+from server.batching.stats import STATS
 from server.store.sessions import PLATFORM, Model, ModelMetadata, TensorSpec, tensor_spec
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ class ModelBatcher:
     """A batching model's ``Model.run``: calls from several threads at once share a batch.
 
     A call alone runs at once on its own thread; calls made while a batch runs wait and run
-    together next (:class:`server.batch_queue.ThreadBatcher`). A waiting call whose deadline
+    together next (:class:`server.batching.queue.ThreadBatcher`). A waiting call whose deadline
     (:data:`server.deadline.current`) passes is answered with ScoringTimeout and never runs.
     """
 

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from server import batch_stats
+from server.batching import stats as batch_stats
 from server.workers.protocol import Kind, encode_message
 
 # How often a worker looks for changed counters (and sends them, if any changed).

@@ -8,7 +8,7 @@ receives many CALL frames per read. The worker hands the V2 inference calls of b
 * each model has a queue, owned by the event loop (no lock). A call joins its model's queue
   and the queue is looked at once the current read is processed (``call_soon``), so every call
   of one read is there;
-* :func:`server.batch_queue.decide` says when: a call alone runs at once; calls that wait
+* :func:`server.batching.queue.decide` says when: a call alone runs at once; calls that wait
   together run when they fill the batch, or when the oldest has waited ``max_queue_delay_us``;
 * a batch runs inline on the loop (a one-slot worker, like any call there) or on a run thread,
   at most ``slots`` batches of one model at once. Calls that come while they run wait, and form
@@ -34,8 +34,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 from server import deadline
-from server.batch_queue import EXPIRED_MESSAGE, Policy, decide, take
-from server.batch_stats import STATS
+from server.batching.queue import EXPIRED_MESSAGE, Policy, decide, take
+from server.batching.stats import STATS
 from server.errors import Overloaded, ScoringTimeout
 from server.store.batcher import Job, run_jobs
 from server.store.store import ModelStore

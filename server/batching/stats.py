@@ -12,7 +12,7 @@ here, in one :class:`BatchStats` per source (``model`` or ``script``):
 
 The worker sends them to the HTTP process in STATS frames, only when they changed
 (:func:`payload`, called by :func:`server.store.stats.start_reporting`); ``/metrics``
-exports them as histograms and counters (:mod:`server.batch_metrics`). Nothing here imports
+exports them as histograms and counters (:mod:`server.batching.metrics`). Nothing here imports
 prometheus_client: the worker only counts.
 """
 

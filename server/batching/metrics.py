@@ -1,4 +1,4 @@
-"""Dynamic batching in ``/metrics``: the workers' counters (:mod:`server.batch_stats`), summed.
+"""Dynamic batching in ``/metrics``: the workers' counters (:mod:`server.batching.stats`), summed.
 
 Each worker sends its cumulative counters per source (``model``: the model store's batches,
 V2 and ``Model.run``; ``script``: entry scripts' ``@batch`` functions) in STATS frames; the
@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from server.batch_stats import DELAY_BOUNDS, SIZE_BOUNDS, SOURCES
+from server.batching.stats import DELAY_BOUNDS, SIZE_BOUNDS, SOURCES
 
 _KEYS = ("size", "delay")
 
