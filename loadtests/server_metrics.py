@@ -30,7 +30,7 @@ LABELS = {
     "run": "server: run() (worker)",
 }
 Scrape = dict[str, Any]
-# Dynamic batching (server.batch_metrics): calls and executions, for the mean batch size.
+# Dynamic batching (server.batching.metrics): calls and executions, for the mean batch size.
 _BATCH_SAMPLES = {"scorehost_batch_size_sum": "sum", "scorehost_batch_size_count": "count"}
 
 
