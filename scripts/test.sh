@@ -21,6 +21,7 @@ if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
         echo "warning: could not install Debian's prometheus package"
 fi
 echo "== ruff"; .venv/bin/ruff check server tests loadtests examples
+echo "== ruff format"; .venv/bin/ruff format --check server tests loadtests examples
 echo "== mypy"; .venv/bin/mypy
 echo "== pip-audit"; bash scripts/audit.sh
 echo "== pytest"; .venv/bin/pytest -q -ra "$@"

@@ -55,6 +55,7 @@ def set_trace_ids(source: Callable[[], tuple[str, str] | None] | None) -> None:
     global _trace_ids
     _trace_ids = source
 
+
 _FLUSH_EVERY_S = 0.2
 _TEXT_FORMAT = "%(asctime)s %(levelname).1s [%(process)d] %(name)s - %(message)s"
 LOGGING_FILE = "logging.json"

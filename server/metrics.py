@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +63,8 @@ BUCKETS: tuple[float, ...] = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
 
-_BOUNDS = list(BUCKETS)
+# Observations wait in a list until this many, then go into their buckets at once.
+FOLD_AT = 4096
 
 # The route label: fixed paths as they are, everything else folded into a few templates, so
 # no client can grow the label set.
@@ -89,22 +90,45 @@ def route_of(path: str) -> str:
 
 
 class Histogram:
-    """A histogram for the event loop's thread: one bisect and two additions per observation."""
+    """A histogram for the event loop's thread.
 
-    __slots__ = ("bounds", "counts", "sum")
+    An observation is one list append: values are put in buckets in bulk, :data:`FOLD_AT`
+    at a time or at a scrape (sort, then one bisect per bound), which costs a tenth of
+    bucketing each value as it comes. ``fold()`` before reading ``counts`` or ``sum``."""
+
+    __slots__ = ("bounds", "counts", "pending", "sum")
 
     def __init__(self, bounds: Sequence[float] = BUCKETS) -> None:
         self.bounds = list(bounds)
         self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
         self.sum = 0.0
+        self.pending: list[float] = []  # observed, not in a bucket yet (cleared, never replaced)
 
     def observe(self, seconds: float) -> None:
-        # NOTE: bisect_left puts a value equal to a bound in that bound's bucket (le: <=).
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
+        pending = self.pending
+        pending.append(seconds)
+        if len(pending) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Put the pending values in their buckets (``le``: a value equal to a bound is in it)."""
+        pending = self.pending
+        if not pending:
+            return
+        pending.sort()
+        counts = self.counts
+        below = 0
+        for i, bound in enumerate(self.bounds):
+            upto = bisect_right(pending, bound)
+            counts[i] += upto - below
+            below = upto
+        counts[-1] += len(pending) - below
+        self.sum += sum(pending)
+        pending.clear()
 
     def cumulative(self) -> list[tuple[str, float]]:
         """(le, count of observations <= le) pairs, ending with +Inf, as exposition wants them."""
+        self.fold()
         out: list[tuple[str, float]] = []
         total = 0
         for bound, count in zip([*map(floatToGoString, self.bounds), "+Inf"], self.counts, strict=True):
@@ -114,22 +138,24 @@ class Histogram:
 
     @property
     def count(self) -> int:
+        self.fold()
         return sum(self.counts)
 
     def copy(self) -> Histogram:
+        self.fold()
         twin = Histogram.__new__(Histogram)
-        twin.bounds, twin.counts, twin.sum = self.bounds, list(self.counts), self.sum
+        twin.bounds, twin.counts, twin.sum, twin.pending = self.bounds, list(self.counts), self.sum, []
         return twin
 
 
 class Recorder:
     """The per-request counters. Called on the HTTP process's event loop only.
 
-    NOTE: the two per-request methods (:meth:`score`, :meth:`reply`) inline the histogram
-    updates: each method call saved is a tenth of a microsecond on a 50 µs request."""
+    NOTE: the two per-request methods (:meth:`score`, :meth:`reply`) append to the histograms'
+    pending lists directly: a method call saved is a tenth of a microsecond on a 50 µs request."""
 
-    __slots__ = ("exec_time", "latency", "queue_wait", "requests", "score_counts", "score_latency", "timeouts",
-                 "unavailable")  # fmt: skip
+    __slots__ = ("exec_pending", "exec_time", "latency", "queue_wait", "requests", "score_counts", "score_latency",
+                 "score_pending", "timeouts", "unavailable", "wait_pending")  # fmt: skip
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
@@ -139,6 +165,9 @@ class Recorder:
         self.score_latency = self.latency["/score"] = Histogram()
         self.queue_wait = Histogram()
         self.exec_time = Histogram()
+        self.score_pending = self.score_latency.pending
+        self.wait_pending = self.queue_wait.pending
+        self.exec_pending = self.exec_time.pending
         self.unavailable: dict[str, int] = {}  # 503s counted here (others: at their source)
         self.timeouts = 0  # 504s
 
@@ -157,9 +186,10 @@ class Recorder:
         key = (method, status)
         counts = self.score_counts
         counts[key] = counts.get(key, 0) + 1
-        hist = self.score_latency
-        hist.counts[bisect_left(_BOUNDS, seconds)] += 1
-        hist.sum += seconds
+        pending = self.score_pending
+        pending.append(seconds)
+        if len(pending) >= FOLD_AT:
+            self.score_latency.fold()
 
     def all_requests(self) -> dict[tuple[str, str, int], int]:
         """Every route's counts, /score's fast-path counts folded in."""
@@ -174,16 +204,16 @@ class Recorder:
         started = reply.started_at
         if started is None:  # refused by the worker: answered 503/504 here already
             return
-        wait = started - arrived  # the same clock in both processes: never negative
-        hist = self.queue_wait
-        hist.counts[bisect_left(_BOUNDS, wait)] += 1
-        hist.sum += wait
+        pending = self.wait_pending
+        pending.append(started - arrived)  # the same clock in both processes: never negative
+        if len(pending) >= FOLD_AT:
+            self.queue_wait.fold()
         exec_ms = reply.exec_ms
         if exec_ms is not None:
-            seconds = exec_ms * 0.001
-            hist = self.exec_time
-            hist.counts[bisect_left(_BOUNDS, seconds)] += 1
-            hist.sum += seconds
+            pending = self.exec_pending
+            pending.append(exec_ms * 0.001)
+            if len(pending) >= FOLD_AT:
+                self.exec_time.fold()
         if reply.status == 503:  # the model store's (or the script's) own 503
             self.refused("model_not_ready")
 

@@ -12,8 +12,9 @@ from server.errors import BadRequest, UnsupportedMediaType
 
 
 def make(body: bytes = b"", ctype: str = "application/json", query: str = "a=1&a=2&b=x") -> aml.AMLRequest:
-    return aml.AMLRequest("POST", "/score", query, [("content-type", ctype), ("x-request-id", "r1")], body,
-                          "http://host:5001")
+    return aml.AMLRequest(
+        "POST", "/score", query, [("content-type", ctype), ("x-request-id", "r1")], body, "http://host:5001"
+    )
 
 
 def test_request_api_matches_flask_usage() -> None:
@@ -24,8 +25,9 @@ def test_request_api_matches_flask_usage() -> None:
     assert req.get_json() == {"k": [1, 2]} and req.json == {"k": [1, 2]}
     assert req.headers.get("X-Request-Id") == "r1" and req.headers["content-type"] == "application/json"
     assert ("Content-Type", "application/json") in list(req.headers)
-    assert req.args.get("a") == "1" and req.args.getlist("a") == ["1", "2"] and req.args.to_dict() == {
-        "a": "1", "b": "x"}
+    assert (
+        req.args.get("a") == "1" and req.args.getlist("a") == ["1", "2"] and req.args.to_dict() == {"a": "1", "b": "x"}
+    )
     assert req.args.get("a", type=int) == 1 and req.args.get("b", 5, type=int) == 5
 
 

@@ -45,10 +45,15 @@ async def test_score_headers_and_ids() -> None:
         assert float(r.headers["x-ms-run-fn-exec-ms"]) >= 0
         assert r.headers["x-ms-server-version"].startswith("scorehost/")
         assert len(r.headers["x-request-id"]) == 36 and r.headers["x-ms-request-id"] == r.headers["x-request-id"]
-        r = await c.post("/score", content=b"1", headers={"x-ms-client-request-id": "abc", "x-request-id": "rid1",
-                                                           "TraceId": "tr1"})
-        assert (r.headers["x-request-id"], r.headers["x-ms-request-id"], r.headers["x-ms-client-request-id"],
-                r.headers["traceid"]) == ("rid1", "abc", "abc", "tr1")
+        r = await c.post(
+            "/score", content=b"1", headers={"x-ms-client-request-id": "abc", "x-request-id": "rid1", "TraceId": "tr1"}
+        )
+        assert (
+            r.headers["x-request-id"],
+            r.headers["x-ms-request-id"],
+            r.headers["x-ms-client-request-id"],
+            r.headers["traceid"],
+        ) == ("rid1", "abc", "abc", "tr1")
         r = await c.post("/score", content=b"1", headers={"x-ms-request-id": "legacy1"})
         assert r.headers["x-ms-request-id"] == "legacy1" == r.headers["x-ms-client-request-id"]
         r = await c.post("/score", content=b"1", headers={"x-request-id": "r" * 101})
@@ -119,12 +124,14 @@ async def test_api_key_and_cors() -> None:
     async with client_for("echo.py", api_key="s3cret", cors_origins=["https://app.example"]) as c:
         denied = await c.post("/score", content=b"1")
         assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
-        ok = await c.post("/score", content=b"1", headers={"authorization": "Bearer s3cret",
-                                                             "origin": "https://app.example"})
+        ok = await c.post(
+            "/score", content=b"1", headers={"authorization": "Bearer s3cret", "origin": "https://app.example"}
+        )
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
         assert (await c.get("/health/live")).status_code == 200  # probes need no key
-        pre = await c.options("/score", headers={"origin": "https://app.example",
-                                                 "access-control-request-method": "POST"})
+        pre = await c.options(
+            "/score", headers={"origin": "https://app.example", "access-control-request-method": "POST"}
+        )
         assert pre.status_code == 200 and "POST" in pre.headers["access-control-allow-methods"]
 
 

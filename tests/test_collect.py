@@ -137,7 +137,8 @@ def test_names_and_model_identity() -> None:
 
 
 def test_record_fields(tmp_path: Path) -> None:
-    maker = RecordMaker(str(tmp_path / "azureml-models" / "mnist" / "7"), "blue", "1.2", ["request", "response"])
+    model_dir = str(tmp_path / "azureml-models" / "mnist" / "7")
+    maker = RecordMaker(model_dir, "blue", "1.2", ["request", "response"], embed_json=True)
     at = 1764300000.5
     entry = (10, at, 1.23456, 201, "rid", "client", "POST", b"application/json", b'{"x":1}', 7, b"ok", 2, None)
     (f1, t1, req), (f2, _, resp) = list(maker.score(entry))
@@ -152,6 +153,8 @@ def test_record_fields(tmp_path: Path) -> None:
     }  # fmt: skip
     assert response["type"] == "azureml.inference.response" and response["data"] == "ok"
     assert response["datacontenttype"] is None and request["id"] != response["id"]
+    ((_, _, text_line),) = RecordMaker(model_dir, "blue", "1.2", ["request"]).score(entry)
+    assert orjson.loads(text_line)["data"] == '{"x":1}', "by default: the text as sent"
     mdc = Collected("inputs", "azureml.monitoring.inputs", b'[{"f1":1}]', at, "c", "rid", "best", "", "python.list", 10)
     folder, _, line = maker.script(mdc)
     record = orjson.loads(line)
@@ -309,7 +312,7 @@ def test_parquet_files(tmp_path: Path) -> None:
     assert sorted(r["xrequestid"] for r in table) == sorted(rids) and table[0]["status"] == 200
     assert table[0]["time"].tzinfo is not None and orjson.loads(table[0]["data"]).keys() == {"n"}
     response = pq.read_table(tmp_path / "dc" / "response").to_pylist()[0]
-    assert response["dataencoding"] == "base64" and orjson.loads(response["data"]) == "//4="
+    assert response["dataencoding"] == "base64" and response["data"] == "//4="
     (inputs,) = pq.read_table(tmp_path / "dc" / "model_inputs").to_pylist()
     assert orjson.loads(inputs["data"]) == [{"a": 1}] and inputs["correlationid"] == "ctx"
 
@@ -400,3 +403,34 @@ def test_collect_takes_lists_numpy_and_dataframes() -> None:
         "a",
         "$aml_dc_correlation_id",
     ]
+
+
+@pytest.mark.parametrize(
+    ("body", "data", "embedded"),
+    [(b"{oops", "{oops", "{oops"), (b'{\n "a": 1\n}', '{\n "a": 1\n}', {"a": 1}), (b"\xff\xfe", "//4=", "//4="),
+     (b"[1, 2]", "[1, 2]", [1, 2]), (b"", None, None)],
+)  # fmt: skip
+@pytest.mark.parametrize("embed", [False, True])
+def test_every_request_line_is_json(body: bytes, data: Any, embedded: Any, embed: bool) -> None:
+    if embed:
+        data = embedded
+    maker = RecordMaker(None, "d", "1", ["request"], embed_json=embed)
+    entry = (len(body), 1.0, 1.0, 200, 'r"1', None, "POST", b"application/json", body, len(body), None, 0, None)
+    ((_, _, line),) = maker.score(entry)
+    assert line.count(b"\n") == 1 and orjson.loads(line)["data"] == data and orjson.loads(line)["xrequestid"] == 'r"1'
+
+
+def test_a_removed_folder_is_made_again(tmp_path: Path) -> None:
+    import shutil
+
+    c = make(tmp_path, collect_payloads="request")
+    score(c)
+    c.drain()
+    shutil.rmtree(tmp_path / "dc")  # a clean-up job, say
+    for seg in c.segments.open.values():
+        seg.checked = 0.0  # looked up at the next write
+    score(c)
+    c.drain()
+    assert c.dropped_error == 0 and c.written == 2
+    finish(c)
+    assert len(read_records(tmp_path / "dc")) == 1, "the first file went with the folder"

@@ -88,6 +88,8 @@ def test_model_data_collector_from_a_real_entry_script(start_server, tmp_path: P
     assert {r["xrequestid"] for r in groups["request"]} == set(answers) == {r["xrequestid"] for r in groups["response"]}
     for r in groups["request"] + groups["response"]:
         assert r["status"] == 200 and r["latency_ms"] > 0 and r["correlationid"].startswith("client-")
+    for r in groups["request"]:  # the text as sent (collect_embed_json is off)
+        assert r["data"].startswith('{"data":[[1,2],[3,') and r["datacontenttype"] == "application/json"
     inputs = [r for r in groups["inputs"] if r["xrequestid"]]
     assert len(groups["inputs"]) == 8, "one per request, and one per worker from init()"
     for r in inputs:

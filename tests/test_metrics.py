@@ -16,7 +16,7 @@ import pytest
 from onnx_models import make_corrupt, make_mlp
 from scrape import scrape, value, wait_for
 
-from server.metrics import BUCKETS, Histogram, Recorder, route_of
+from server.metrics import BUCKETS, FOLD_AT, Histogram, Recorder, route_of
 from server.metrics_collect import ModelTotals
 from server.store.stats import ModelStats, StatsReporter
 from server.workers.protocol import Reply
@@ -33,6 +33,11 @@ def test_histogram_buckets_are_le_and_cumulative() -> None:
     assert h.cumulative() == [("0.001", 2.0), ("0.01", 4.0), ("+Inf", 5.0)]
     assert h.count == 5 and h.sum == pytest.approx(5.0135)
     assert BUCKETS[0] < 0.0001 and BUCKETS[-1] >= 60 and list(BUCKETS) == sorted(BUCKETS)
+    # Observations are bucketed in bulk: the pending list never grows past FOLD_AT.
+    bulk = Histogram((0.5,))
+    for i in range(FOLD_AT + 10):
+        bulk.observe(i % 2)
+    assert len(bulk.pending) == 10 and bulk.cumulative() == [("0.5", (FOLD_AT + 10) / 2), ("+Inf", FOLD_AT + 10)]
 
 
 def test_route_labels_are_bounded() -> None:

@@ -26,6 +26,10 @@ class _FakePool:
     def __init__(self, ready: bool, live: bool = True) -> None:
         self._ready = ready
         self._live = live
+        # What the app hangs its metrics hooks on.
+        self.worker_env: dict[str, str] | None = None
+        self.monitor: Any = None
+        self.on_answer: Any = None
 
     def ready(self) -> bool:
         return self._ready

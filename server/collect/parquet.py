@@ -2,8 +2,9 @@
 ``collect-parquet`` extra). Imported by the finisher thread only, when a segment is finished.
 
 One column per record field (:data:`server.collect.records.FIELDS`). ``time`` is a UTC timestamp
-(milliseconds); ``data`` is the payload as JSON text (DuckDB: ``data::JSON``; pandas: ``json.loads``),
-since payloads differ in shape from record to record.
+(milliseconds); ``data`` is text: a payload's text as sent, or a collector's rows (or an embedded
+JSON payload) as JSON text (DuckDB: ``data::JSON``; pandas: ``json.loads``), since payloads differ
+in shape from record to record.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def _columns(lines: list[bytes]) -> dict[str, list[Any]]:
         record = orjson.loads(line)
         for name in FIELDS:
             value = record.get(name)
-            if name == "data":
-                value = None if value is None else orjson.dumps(value).decode()
+            if name == "data":  # a payload's text as it is; collected rows as JSON text
+                value = value if value is None or isinstance(value, str) else orjson.dumps(value).decode()
             elif name == "time" and value is not None:
                 value = int(datetime.fromisoformat(value).timestamp() * 1000)
             columns[name].append(value)

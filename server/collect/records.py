@@ -104,12 +104,13 @@ def _breaks_line(data: bytes) -> bool:
     return data.find(b"\n") >= 0 or data.find(b"\r") >= 0
 
 
-def payload_json(body: bytes, ctype: bytes, truncated: bool) -> tuple[bytes, bool]:
-    """:func:`payload` as JSON text for the line, and whether it is base64: valid JSON without a
-    line break is embedded as the client's own bytes (validated, never re-serialised)."""
+def payload_json(body: bytes, ctype: bytes, truncated: bool, embed: bool = True) -> tuple[bytes, bool]:
+    """The value of ``data`` as JSON text for the line, and whether it is base64. The payload as a
+    string (its text exactly as sent), or with ``embed`` (``collect_embed_json``) valid JSON as
+    JSON: the client's own bytes, validated (parsed once), never re-serialised."""
     if not body:
         return b"null", False
-    if not truncated and (body[0] in _JSON_START or ctype.find(b"json") >= 0):
+    if embed and not truncated and (body[0] in _JSON_START or ctype.find(b"json") >= 0):
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -144,11 +145,14 @@ def _content_type(headers: list[tuple[bytes, bytes]] | None) -> bytes:
 class RecordMaker:
     """Turns queued entries into lines. Owned by the writer thread (not thread-safe)."""
 
-    def __init__(self, model_dir: str | None, deployment: str, version: str, payloads: Sequence[str]) -> None:
+    def __init__(
+        self, model_dir: str | None, deployment: str, version: str, payloads: Sequence[str], embed_json: bool = False
+    ) -> None:
         self.model, self.model_version = model_identity(model_dir)
         self.deployment = deployment
         self.agent = f"scorehost/{version}"
         self.requests = REQUEST in payloads
+        self.embed_json = embed_json
         self.responses = RESPONSE in payloads
         hex_ = uuid.uuid4().hex  # ids: a random prefix per process and a counter
         self._id_prefix = f"{hex_[:8]}-{hex_[8:12]}-{hex_[12:16]}-{hex_[16:20]}-"
@@ -207,12 +211,15 @@ class RecordMaker:
         The writer's hot loop, so lines are formatted, not built as dicts: the fields a call's two
         records share are serialised once, the constant ones at start-up, and every string that
         comes from the client goes through orjson (same fields, same order as :meth:`_line`)."""
-        dumps, text = orjson.dumps, self._json
-        requests, responses = self.requests, self.responses
+        dumps, text, strings, loads = orjson.dumps, self._json, self._strings, orjson.loads
+        requests, responses, embed = self.requests, self.responses, self.embed_json
         (q0, q1), (p0, p1) = self._heads[REQUEST], self._heads[RESPONSE]
         idb, static = self._id_bytes, self._static_tail
         ids = self._ids
         failed = 0
+        period = -1
+        request_lines: list[bytes] = []
+        response_lines: list[bytes] = []
         for entry in entries:
             try:
                 _, at, latency_ms, status, rid, client, method, ctype, body, body_size, reply, reply_size, headers = (
@@ -223,40 +230,51 @@ class RecordMaker:
                     self._second = second
                     self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
                     self._second_bytes = self._second_text.encode()
+                if at >= period + step or at < period:  # another period: its own lists
+                    period = int(at // step) * step
+                    request_lines = groups.setdefault((REQUEST, period), [])
+                    response_lines = groups.setdefault((RESPONSE, period), [])
                 stamp = self._second_bytes + _MS[int((at - second) * 1000)]
                 rid_json = dumps(rid)
                 tail = b"".join((_RID, rid_json, _CID, dumps(client) if client else rid_json, _METHOD,
-                                 text(method.encode()), _STATUS, str(status).encode(), _LATENCY,
-                                 f"{latency_ms:.3f}".encode(), static))  # fmt: skip
-                period = int(at // step) * step
+                                 strings.get(method.encode()) or text(method.encode()), _STATUS,
+                                 str(status).encode(), _LATENCY, f"{latency_ms:.3f}".encode(), static))  # fmt: skip
                 if requests and body is not None:
+                    ctype = ctype or b""
                     cut = body_size > len(body)
-                    data, base64_ = payload_json(body, ctype or b"", cut)
-                    ids += 1
-                    line = b"".join((q0, idb, f"{ids:012x}".encode(), q1, stamp, _CTYPE, text(ctype or b""), _DATA,
-                                     data, _FLAGS[base64_, cut], str(body_size).encode(), tail))  # fmt: skip
-                    key = (REQUEST, period)
-                    found = groups.get(key)
-                    if found is None:
-                        groups[key] = [line]
+                    # The common cases inline (see payload_json): text; JSON, not cut, no line break.
+                    if not embed and not cut:
+                        try:
+                            data, base64_ = dumps(body.decode()) if body else b"null", False
+                        except UnicodeDecodeError:
+                            data, base64_ = payload_json(body, ctype, cut, False)
+                    elif not cut and body and (body[0] in _JSON_START or ctype.find(b"json") >= 0):
+                        try:
+                            loads(body)
+                        except orjson.JSONDecodeError:
+                            as_text, encoding = _text(body, cut)
+                            data, base64_ = dumps(as_text), encoding is not None
+                        else:
+                            data, base64_ = (body, False) if not _breaks_line(body) else payload_json(body, ctype, cut)
                     else:
-                        found.append(line)
+                        data, base64_ = payload_json(body, ctype, cut, embed)
+                    ids += 1
+                    request_lines.append(b"".join((q0, idb, f"{ids:012x}".encode(), q1, stamp, _CTYPE,
+                                                   strings.get(ctype) or text(ctype), _DATA, data,
+                                                   _FLAGS[base64_, cut], str(body_size).encode(), tail)))  # fmt: skip
                 if responses and reply is not None:
                     reply_type = _content_type(headers)
                     cut = reply_size > len(reply)
-                    data, base64_ = payload_json(reply, reply_type, cut)
+                    data, base64_ = payload_json(reply, reply_type, cut, embed)
                     ids += 1
-                    line = b"".join((p0, idb, f"{ids:012x}".encode(), p1, stamp, _CTYPE, text(reply_type), _DATA,
-                                     data, _FLAGS[base64_, cut], str(reply_size).encode(), tail))  # fmt: skip
-                    key = (RESPONSE, period)
-                    found = groups.get(key)
-                    if found is None:
-                        groups[key] = [line]
-                    else:
-                        found.append(line)
+                    response_lines.append(b"".join((p0, idb, f"{ids:012x}".encode(), p1, stamp, _CTYPE,
+                                                    strings.get(reply_type) or text(reply_type), _DATA, data,
+                                                    _FLAGS[base64_, cut], str(reply_size).encode(), tail)))  # fmt: skip
             except Exception as exc:  # a record we cannot serialise must not stop the writer
                 failed += 1
                 self.last_error = exc
+        for key in [k for k, lines in groups.items() if not lines]:
+            del groups[key]
         self._ids = ids
         return failed
 

@@ -37,6 +37,8 @@ logger = logging.getLogger("scorehost.collect")
 STEP_S = {"minute": 60, "hour": 3600, "day": 86400}
 _DEPTH = {"minute": 5, "hour": 4, "day": 3}  # yyyy/MM/dd/HH/mm, how many of them name the folder
 ACTIVE, GZ, PARQUET = ".jsonl", ".jsonl.gz", ".parquet"
+# Segments open at once (one per folder): past it the oldest is rotated.
+MAX_OPEN = 256
 # A segment's file is looked up at most this often (a removed or replaced file starts a new one).
 CHECK_EVERY_S = 0.5
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
@@ -117,6 +119,8 @@ class Segments:
         seg.size += done
 
     def _open(self, folder: str, bucket: int) -> Segment:
+        if len(self.open) >= MAX_OPEN:  # a script with very many collection names: close the oldest
+            self.rotate(next(iter(self.open.values())))
         parts = time.strftime("%Y/%m/%d/%H/%M", time.gmtime(bucket)).split("/")[: self.depth]
         directory = os.path.join(self.root, folder, *parts)
         if directory not in self._made:
@@ -131,6 +135,12 @@ class Segments:
                 break
             except FileExistsError:
                 continue
+            except FileNotFoundError:  # the folder was removed under us: make it again, once
+                if directory not in self._made:
+                    raise
+                self._made.discard(directory)
+                makedirs(directory)
+                self._made.add(directory)
         else:  # pragma: no cover - a hundred files created in the same millisecond
             raise FileExistsError(errno.EEXIST, "File exists", path)
         try:

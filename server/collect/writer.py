@@ -73,7 +73,8 @@ class PayloadCollector:
                 "finished files are gzip-compressed JSON lines instead"
             )
             self.parquet = False
-        self.maker = RecordMaker(settings.model_dir, settings.service_name, __version__, settings.collect_payloads)
+        self.maker = RecordMaker(settings.model_dir, settings.service_name, __version__, settings.collect_payloads,
+                                 settings.collect_embed_json)  # fmt: skip
         host = host_tag()
         self.finisher = Finisher(self.root, self.parquet, f"-{host}-")
         self.segments = Segments(self.root, self.rolling, settings.collect_max_file_bytes, self.finisher.submit)

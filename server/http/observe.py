@@ -30,8 +30,10 @@ from server.metrics import Metrics, Recorder, route_of
 from server.settings import Settings
 from server.workers.pool import WorkerPool
 
-# Routes that get a span: the ones that do work (probes and /metrics would only be noise).
-_TRACED_PREFIXES = ("/score", "/v2")
+# Routes that get no span: probes, /metrics, swagger and 404s would only be noise.
+_UNTRACED = frozenset(
+    ("/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics", "/swagger.json", "other")
+)
 
 
 class Observability:
@@ -111,7 +113,7 @@ class Observed:
                 status = message["status"]
             await send(message)
 
-        tracer = self.tracing if route.startswith(_TRACED_PREFIXES) else None
+        tracer = self.tracing if route not in _UNTRACED else None
         span = tracer.start(scope, route) if tracer is not None else None
         try:
             await self.app(scope, receive, sent)

@@ -9,12 +9,20 @@ def init():
 @rawhttp
 def run(request: AMLRequest):
     if request.method == "GET":
-        return AMLResponse({"args": request.args.to_dict(), "path": request.full_path, "url": request.url}, 200,
-                           json_str=True)
+        return AMLResponse(
+            {"args": request.args.to_dict(), "path": request.full_path, "url": request.url}, 200, json_str=True
+        )
     if request.method == "OPTIONS":
         return AMLResponse("", 204, {"Allow": "GET, POST, OPTIONS"})
     body = request.get_data()
     if body == b"fail":
         return AMLResponse("server side failure", 503)
-    return AMLResponse(body[::-1], 201, {"X-Custom": "a,b", "Content-Type": "application/octet-stream",
-                                          "X-Rid": request.headers.get("x-request-id", "")})
+    return AMLResponse(
+        body[::-1],
+        201,
+        {
+            "X-Custom": "a,b",
+            "Content-Type": "application/octet-stream",
+            "X-Rid": request.headers.get("x-request-id", ""),
+        },
+    )
