@@ -317,7 +317,9 @@ def test_every_field_reaches_its_kubernetes_or_runtime_equivalent(monkeypatch: p
     assert (env["SCOREHOST_AUTH_MODE"], env["SCOREHOST_KEYS_FILE"]) == ("key", "/var/run/scorehost/auth/keys.json")
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["auth"]["secret"]["secretName"] == "fraud-model-auth"
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/var/run/scorehost/auth"}
+    # collect_model_data: the collected files need a writable volume at the image's collect dir.
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {
+        "/tmp", "/var/run/scorehost/auth", "/var/lib/scorehost/modeldata"}  # fmt: skip
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     # The runtime half is checked against the server itself: its settings, read from exactly
     # this environment, must hold the configured values.

@@ -49,6 +49,7 @@ RUN_AS_UID = 10001  # the USER of Dockerfile.cpu / Dockerfile.gpu
 # Where the auth Secret is mounted, and its item: the keys file `scorehost keys generate` writes.
 AUTH_MOUNT = "/var/run/scorehost/auth"
 AUTH_KEYS_ITEM = "keys.json"
+COLLECT_MOUNT = "/var/lib/scorehost/modeldata"  # SCOREHOST_COLLECT_DIR in Dockerfile.cpu / .gpu
 DRAIN_MARGIN_S = 5  # on top of shutdown delay + graceful timeout: process exit, log flush
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -210,6 +211,11 @@ def render(config: DeployConfig, opts: RenderOptions) -> list[Manifest]:
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    if config.collect_model_data:
+        # The root file system is read-only: collected data needs a volume at the image's
+        # SCOREHOST_COLLECT_DIR (an emptyDir here; mount a persistent volume to keep the files).
+        container["volumeMounts"].append({"name": "modeldata", "mountPath": COLLECT_MOUNT})
+        volumes.append({"name": "modeldata", "emptyDir": {}})
     if config.auth_enabled:
         container["volumeMounts"].append({"name": "auth", "mountPath": AUTH_MOUNT, "readOnly": True})
         volumes.append(
