@@ -27,8 +27,8 @@ body=$repo/examples/sample-request.json
 run_wrk() { wrk -t1 -c"$conc" -d"$1" --timeout 60s -s "$repo/loadtests/wrk/post.lua" "http://127.0.0.1:$port/score" -- "$body"; }
 run_wrk 5s >/dev/null 2>&1
 sleep 2
-callgrind_control -z $vpid >/dev/null && sleep 20 && callgrind_control -d $vpid >/dev/null   # dump .1: idle
-callgrind_control -z $vpid >/dev/null && run_wrk 20s >"$out.wrk" 2>&1 && callgrind_control -d $vpid >/dev/null  # .2: load
+callgrind_control -z $vpid >/dev/null 2>&1 && sleep 20 && callgrind_control -d $vpid >/dev/null 2>&1   # dump .1: idle
+callgrind_control -z $vpid >/dev/null 2>&1 && run_wrk 20s >"$out.wrk" 2>&1 && callgrind_control -d $vpid >/dev/null 2>&1  # .2: load
 kill -TERM $vpid; wait $vpid 2>/dev/null || true
 trap - EXIT
 reqs=$(grep -oE "^ +[0-9]+ requests" "$out.wrk" | awk '{print $1}')

@@ -79,21 +79,28 @@ def parse_keys(data: Any, where: str) -> Keys:
     return keys
 
 
-def read_keys(path: str) -> Keys:
-    """The keys in ``path``; SettingsError with one line if it cannot be used."""
+def read_secret_json(path: str, limit: int, label: str) -> Any:
+    """A small JSON file holding secrets (keys, a JWKS), read without allocating past ``limit``.
+
+    Raises SettingsError with one line, which never quotes the file's text (it holds secrets).
+    """
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+            raw = f.read(limit + 1)
     except OSError as exc:
-        raise SettingsError(f"keys file {path}: cannot read it: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise SettingsError(f"keys file {path}: larger than {MAX_FILE_BYTES} bytes")
+        raise SettingsError(f"{label} {path}: cannot read it: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise SettingsError(f"{label} {path}: larger than {limit} bytes")
     try:
-        data = json.loads(raw)
+        return json.loads(raw)
     except ValueError:
         # NOTE: not the decoder's message: it quotes the text around the error, i.e. a key.
-        raise SettingsError(f"keys file {path}: not valid JSON") from None
-    return parse_keys(data, f"keys file {path}")
+        raise SettingsError(f"{label} {path}: not valid JSON") from None
+
+
+def read_keys(path: str) -> Keys:
+    """The keys in ``path``; SettingsError with one line if it cannot be used."""
+    return parse_keys(read_secret_json(path, MAX_FILE_BYTES, "keys file"), f"keys file {path}")
 
 
 def write_keys(path: str, keys: Keys) -> None:

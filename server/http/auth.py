@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -39,7 +38,7 @@ from typing import Any
 import jwt
 
 from server.errors import SettingsError, Unauthorized
-from server.keys import MIN_TOKEN_SECRET_BYTES, Keys, read_keys
+from server.keys import MIN_TOKEN_SECRET_BYTES, Keys, read_keys, read_secret_json
 from server.settings import Settings
 
 logger = logging.getLogger("scorehost.auth")
@@ -381,17 +380,7 @@ class Authenticator:
 
 
 def _read_jwks(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_JWKS_BYTES + 1)
-    except OSError as exc:
-        raise SettingsError(f"token_jwks_file {path}: cannot read it: {exc.strerror or exc}") from None
-    if len(raw) > MAX_JWKS_BYTES:
-        raise SettingsError(f"token_jwks_file {path}: larger than {MAX_JWKS_BYTES} bytes")
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise SettingsError(f"token_jwks_file {path}: not valid JSON") from None
+    data = read_secret_json(path, MAX_JWKS_BYTES, "token_jwks_file")
     if not isinstance(data, dict):
         raise SettingsError(f'token_jwks_file {path}: expected a JWKS document {{"keys": [...]}}')
     return data
