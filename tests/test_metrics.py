@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from onnx_models import make_corrupt, make_mlp
-from scrape import scrape, value, wait_for
+from scrape import scrape, total, value, wait_for
 
 from server.metrics import BUCKETS, FOLD_AT, Histogram, Recorder, route_of
 from server.metrics_collect import ModelTotals
@@ -255,6 +255,8 @@ def test_lru_evictions_and_per_model_switch(start_server, tmp_path: Path) -> Non
 @pytestmark_slow
 def test_user_metrics_from_two_workers_are_merged(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("user_metrics.py", SCOREHOST_WORKERS="2", SCOREHOST_MAX_CONCURRENT_REQUESTS="2")
+    both = wait_for(server.url, lambda s: total(s, "scorehost_worker_state", state="ready") == 2)
+    assert total(both, "scorehost_worker_state", state="ready") == 2  # readiness needs only one
     pids = set()
     folder = ""
     with server.client() as c:
