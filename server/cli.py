@@ -49,6 +49,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "--port": ("port", "port (default 5001)"),
     "--health_port": ("health_port", "probe port when SEPERATE_HEALTH_ENDPOINT=true (default 5000)"),
     "--worker_count": ("workers", "worker processes (WORKER_COUNT)"),
+    "--http_processes": ("http_processes", "HTTP front processes sharing the port (default 1)"),
     "--max_concurrent_requests": ("max_concurrent_requests", "scoring calls in flight"),
     "--max_queue_length": ("max_queue_length", "requests that may wait for a slot"),
     "--max_queue_wait_ms": ("max_queue_wait_ms", "longest wait for a slot"),
@@ -328,6 +329,10 @@ def _serve(argv: list[str], command: str) -> int:
     except SettingsError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if loaded.settings.http_processes > 1:
+        from server.http.fronts import serve_fronts
+
+        return serve_fronts(loaded.settings, warnings=loaded.warnings)
     from server.http.server import serve
 
     return serve(loaded.settings, warnings=loaded.warnings)

@@ -126,6 +126,12 @@ class Settings(SecuritySettings, CollectSettings, BatchSettings):
     workers: int = Field(1, ge=1, le=64, validation_alias=_env("workers", "WORKER_COUNT"))
     """Worker processes that each load the script and run ``init()`` (Azure ML ``WORKER_COUNT``)."""
 
+    http_processes: int = Field(1, ge=1, le=64, validation_alias=_env("http_processes"))
+    """HTTP front processes sharing the port (``SO_REUSEPORT``; :mod:`server.http.fronts`). One front
+    serves about one core's worth of small requests; more split ``workers``, ``max_concurrent_requests``
+    and ``max_queue_length`` into equal shares, one per front, so the container's limits hold with no
+    shared state on the request path. Needs ``workers`` >= it. 1 (default): one HTTP process, no parent."""
+
     cpus: int = Field(1, ge=1, le=4096, validation_alias=_env("cpus"))
     """CPUs available to the container: the default of ``max_concurrent_requests`` and
     ``model_load_concurrency``. The CLI measures it once at start-up (affinity mask, then the cgroup
@@ -399,6 +405,18 @@ class Settings(SecuritySettings, CollectSettings, BatchSettings):
             # would over-promise capacity, so say what to change instead.
             raise ValueError(
                 f"max_concurrent_requests ({self.max_concurrent_requests}) must be at least workers ({self.workers})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_per_front(self) -> Settings:
+        # NOTE: each front owns its workers (no slot accounting across processes), so each needs one;
+        # max_concurrent_requests >= workers (checked above) then gives each front a slot too.
+        if self.workers < self.http_processes:
+            raise ValueError(
+                f"http_processes ({self.http_processes}) needs at least as many workers ({self.workers}): each "
+                "HTTP front owns an equal share of them; set workers (SCOREHOST_WORKERS, WORKER_COUNT, --worker_count) "
+                f"to {self.http_processes} or more, or lower http_processes"
             )
         return self
 

@@ -10,12 +10,15 @@
 
 These routes are served on the main port and, with ``separate_health_endpoint``, on the
 health port (:func:`health_app`), where nothing else is.
+
+In one front of several (``http_processes`` > 1) they answer for the whole pod: the front's
+:class:`~server.http.pod.PodView` stands in for its pool (see :func:`answer_for_pod`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,9 +32,34 @@ from server.workers.pool import WorkerPool
 _RETRY = (b"retry-after", b"1")
 
 
+class ProbeSource(Protocol):
+    """What the probes ask: a pool, or the pod view of a front (:class:`server.http.pod.PodView`)."""
+
+    def ready(self) -> bool: ...
+
+    def live(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class _PodSource(ProbeSource, Protocol):
+    pool: WorkerPool
+
+
+# NOTE: set once per process, before the app is built, by a front of a multi-front server: the
+# app builder (server.http.app) knows nothing of fronts, and one process serves one pool.
+_pod: _PodSource | None = None
+
+
+def answer_for_pod(view: _PodSource | None) -> None:
+    """Make the probes of ``view.pool``'s app answer from ``view`` (every front's state)."""
+    global _pod
+    _pod = view
+
+
 class Probes:
     def __init__(self, settings: Settings, pool: WorkerPool, access: AccessLog | None = None) -> None:
-        self.pool = pool
+        self.pool: ProbeSource = _pod if _pod is not None and _pod.pool is pool else pool
         self.log = settings.access_log and settings.access_log_probes
         self.access = access if access is not None or not self.log else AccessLog(settings.log_format)
 

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 import orjson
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, RequestResponseCycle
 
 from server import __version__
 from server.errors import StreamFailed, error_body
@@ -35,14 +37,64 @@ _JSON = b"application/json"
 
 
 class RawResponse(Response):
-    """A response whose header list is already encoded; skips per-header work."""
+    """A response whose header list is already encoded; skips per-header work.
 
-    def __init__(self, status: int, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+    ``trusted``: every header name is ours and none is framing (content-length,
+    transfer-encoding, connection) but the content-length added here; such a response
+    is written whole by :func:`write_whole` when uvicorn's cycle is the sender.
+    """
+
+    def __init__(
+        self, status: int, body: bytes, raw_headers: list[tuple[bytes, bytes]], *, trusted: bool = True
+    ) -> None:
         self.status_code = status
         self.body = body
         self.background = None
         raw_headers.append((b"content-length", str(len(body)).encode()))
         self.raw_headers = raw_headers
+        self.trusted = trusted
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (self.trusted and write_whole(send, self.status_code, self.raw_headers, self.body)):
+            await super().__call__(scope, receive, send)
+
+
+def write_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+    """Write a complete response in one ``transport.write``, as uvicorn's two ASGI sends would.
+
+    uvicorn's ``send`` does per-header regular-expression checks and two writes: at one
+    connection, a sixth of the HTTP process's time per request. The header names here are
+    ours (``RawResponse.trusted``), so only the values are checked, in one search. Returns
+    False (nothing done) when the sender is not a plain uvicorn cycle, the response has
+    started, or the transport asks us to wait: the ASGI path handles those.
+    """
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle or cycle.response_started or cycle.flow.write_paused:
+        return False
+    if cycle.disconnected:
+        return True  # as uvicorn's send: nobody to write to
+    content = [STATUS_LINE[status]]
+    values = []
+    for name, value in (*cycle.default_headers, *headers):
+        content += (name, b": ", value, b"\r\n")
+        values.append(value)
+    if HEADER_VALUE_RE.search(b"\t".join(values)):  # tab is allowed, so it cannot match
+        return False  # uvicorn's path refuses it (500)
+    keep_alive = cycle.keep_alive
+    if not keep_alive:
+        content.append(b"connection: close\r\n")
+    content.append(b"\r\n")
+    if cycle.scope["method"] != "HEAD":
+        content.append(body)
+    cycle.response_started = cycle.response_complete = True
+    cycle.waiting_for_100_continue = False
+    transport = cycle.transport
+    transport.write(b"".join(content))
+    cycle.message_event.set()
+    if not keep_alive:
+        transport.close()
+    cycle.on_response()
+    return True
 
 
 def id_headers(ids: tuple[str, str | None, str | None]) -> list[tuple[bytes, bytes]]:
@@ -62,7 +114,8 @@ def id_headers(ids: tuple[str, str | None, str | None]) -> list[tuple[bytes, byt
 
 
 def render_reply(reply: Reply, ids: tuple[str, str | None, str | None]) -> RawResponse:
-    return RawResponse(reply.status, reply.body, _reply_headers(reply, ids))
+    # Headers set by run() (AMLResponse) may be framing headers: uvicorn's checks apply.
+    return RawResponse(reply.status, reply.body, _reply_headers(reply, ids), trusted=not reply.headers)
 
 
 def _reply_headers(reply: Reply, ids: tuple[str, str | None, str | None]) -> list[tuple[bytes, bytes]]:

@@ -15,6 +15,10 @@ that is taken is one error line and exit 3, before any worker starts.
 With ``separate_health_endpoint`` a second socket, on ``health_port``, is served by the
 same uvicorn server; requests arriving there get the probes only (see
 :func:`server.http.app.create_app`).
+
+With ``http_processes`` > 1 this runs once per front, forked by :mod:`server.http.fronts` with
+its share of the settings and a :class:`~server.http.pod.FrontRole`: its sockets then join the
+port with ``SO_REUSEPORT``, its probes answer for every front, and the parent prints the banner.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 import uvicorn
@@ -35,9 +40,11 @@ from server import log
 from server.entry.environment import worker_environment
 from server.errors import LoggingFileError, SettingsError
 from server.gctune import tune_gc
+from server.http import probes
 from server.http.app import create_app
 from server.http.auth import Authenticator
 from server.http.connection import Limits, drain, protocol_class
+from server.http.pod import FrontRole, PodView
 from server.http.tls import TlsReloader
 from server.settings import NEVER_WEDGED_MS, Settings
 from server.workers.pool import WorkerPool
@@ -60,6 +67,7 @@ class _Server(uvicorn.Server):
         auth: Authenticator | None = None,
         tls: TlsReloader | None = None,
         plain: socket.socket | None = None,
+        pod: PodView | None = None,
     ) -> None:
         super().__init__(config)
         self.pool = pool
@@ -69,6 +77,7 @@ class _Server(uvicorn.Server):
         self.auth = auth
         self.tls = tls
         self.plain = plain  # a listener served without TLS when TLS is on (the health port)
+        self.pod = pod  # one front of several: publishes this front's state for the others' probes
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -90,6 +99,8 @@ class _Server(uvicorn.Server):
         if self.auth is not None:
             self.auth.watch(loop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.pod is not None:
+            self.pod.start(loop)
 
     def reload(self) -> None:
         """SIGHUP: re-read the keys file, the JWKS file and the TLS certificates."""
@@ -108,6 +119,8 @@ class _Server(uvicorn.Server):
             self.force_exit = True
             return
         self.pool.draining = True
+        if self.pod is not None:
+            self.pod.publish()  # the other fronts' readiness turns 503 now, not at the next tick
         drain(self.server_state.connections)  # every response from now on says Connection: close
         delay = self.settings.shutdown_delay_s
         logger.info(
@@ -137,15 +150,20 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A socket bound to ``host:port``, listening unless ``listen`` is false. ``reuse_port``: the
+    fronts of one server share the port (``SO_REUSEPORT``; the kernel spreads connections)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # NOTE: SO_REUSEADDR lets a restarted server bind over connections of the old one
         # in TIME_WAIT; on Linux it never lets two servers listen on one port.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        if listen:
+            sock.listen(2048)
     except OSError:
         sock.close()
         raise
@@ -153,7 +171,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _bind_error(what: str, host: str, port: int, exc: OSError) -> str:
+def bind_error(what: str, host: str, port: int, exc: OSError) -> str:
     reason = exc.strerror or str(exc)
     if exc.errno == errno.EADDRINUSE:
         reason = "the port is already in use (another server is listening there)"
@@ -162,7 +180,7 @@ def _bind_error(what: str, host: str, port: int, exc: OSError) -> str:
     return f"Cannot listen on {host}:{port}{what}: {reason}"
 
 
-def _preflight(settings: Settings) -> str | None:
+def preflight(settings: Settings) -> str | None:
     """Problems we can name before starting any process."""
     entry = settings.resolved_entry_script(os.getcwd())
     if entry is None and not settings.model_dir:
@@ -177,7 +195,7 @@ def _preflight(settings: Settings) -> str | None:
     return None
 
 
-def _shown(host: str) -> str:
+def shown(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
@@ -188,7 +206,7 @@ def banner(settings: Settings, port: int, health_port: int | None) -> list[str]:
     entry = settings.resolved_entry_script(os.getcwd())
     kill_ms = settings.scoring_timeout_ms + settings.wedged_after_ms
     worker_timeout = "0" if settings.wedged_after_ms >= NEVER_WEDGED_MS else f"{kill_ms / 1000:g}"
-    probe_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else _shown(settings.host)
+    probe_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else shown(settings.host)
     cors = f"Enabling CORS for {','.join(settings.cors_origins)}" if settings.cors_origins else none
     return [
         "",
@@ -216,7 +234,7 @@ def banner(settings: Settings, port: int, health_port: int | None) -> list[str]:
     ]
 
 
-def _print_banner(settings: Settings, lines: list[str]) -> None:
+def print_banner(settings: Settings, lines: list[str]) -> None:
     """Plain lines, as the reference prints them; one log record per line in JSON mode."""
     if settings.log_format == "json":
         for line in lines:
@@ -224,19 +242,25 @@ def _print_banner(settings: Settings, lines: list[str]) -> None:
                 logger.info("%s", line)
         return
     handler = next((h for h in logging.getLogger().handlers if isinstance(h, log.DeferredFlushHandler)), None)
-    text = "\n".join(lines) + "\n"
     if handler is None:
-        sys.stdout.write(text)
+        sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
         return
-    with handler.lock:  # type: ignore[union-attr]
-        handler.stream.write(text)
-    handler.flush()
+    handler.write_line("\n".join(lines), urgent=True)
 
 
-def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
-    """Run the server until it is stopped; returns the process exit code. ``warnings``: lines
-    the CLI found while reading the settings (a config file's unknown keys ...)."""
+@dataclass
+class Prepared:
+    """What start-up checks built: the authenticator and the TLS certificates, if any."""
+
+    auth: Authenticator | None
+    tls: TlsReloader | None
+
+
+def prepare(settings: Settings, warnings: Sequence[str] = (), *, announce: bool = True) -> Prepared | int:
+    """Logging, then every check that needs no socket or process: what the server will use, or
+    the exit code. The front supervisor runs it first too, so a mistake is one line, not one per
+    front; a front then runs it without ``announce`` (no second copy of the notes)."""
     try:
         log.configure_from(settings)
     except LoggingFileError as exc:
@@ -249,11 +273,11 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     logging.logMultiprocessing = False
     for line in warnings:
         logger.warning("%s", line)
-    problem = _preflight(settings)
+    problem = preflight(settings)
     if problem:
         logger.error("%s", problem)
         return EXIT_START_FAILED
-    if settings.model_dir and not os.path.isdir(settings.model_dir) and settings.entry_script:
+    if announce and settings.model_dir and not os.path.isdir(settings.model_dir) and settings.entry_script:
         logger.warning(
             "Model directory %s does not exist; AZUREML_MODEL_DIR is passed to the script as given", settings.model_dir
         )
@@ -265,31 +289,49 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     except SettingsError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
-    if auth is None and (settings.primary_key or settings.keys_file or settings.token_secret):
+    if announce and auth is None and (settings.primary_key or settings.keys_file or settings.token_secret):
         logger.warning("auth_mode=none: the keys or token secret given are not checked; /score needs no key")
-    elif auth is not None:
+    elif announce and auth is not None:
         logger.info("Authentication: auth_mode=%s", auth.mode)
-    listeners: list[socket.socket] = []
+    return Prepared(auth, tls)
+
+
+def open_listeners(settings: Settings, *, reuse_port: bool = False, listen: bool = True) -> list[socket.socket] | int:
+    """The main socket, and the health port's when it is separate; or, logged, the exit code."""
     try:
-        sock = bind(settings.host, settings.port)
+        sock = bind(settings.host, settings.port, reuse_port=reuse_port, listen=listen)
     except OSError as exc:
-        logger.error("%s", _bind_error("", settings.host, settings.port, exc))
+        logger.error("%s", bind_error("", settings.host, settings.port, exc))
         return EXIT_START_FAILED
-    listeners.append(sock)
-    host, port = sock.getsockname()[:2]
-    health_port: int | None = None
-    if settings.separate_health_endpoint:
-        try:
-            health_sock = bind(settings.host, settings.health_port)
-        except OSError as exc:
-            sock.close()
-            logger.error("%s", _bind_error(" (health port)", settings.host, settings.health_port, exc))
-            return EXIT_START_FAILED
-        listeners.append(health_sock)
-        health_port = health_sock.getsockname()[1]
+    if not settings.separate_health_endpoint:
+        return [sock]
+    try:
+        health_sock = bind(settings.host, settings.health_port, reuse_port=reuse_port, listen=listen)
+    except OSError as exc:
+        sock.close()
+        logger.error("%s", bind_error(" (health port)", settings.host, settings.health_port, exc))
+        return EXIT_START_FAILED
+    return [sock, health_sock]
+
+
+def serve(settings: Settings, warnings: Sequence[str] = (), *, front: FrontRole | None = None) -> int:
+    """Run the server until it is stopped; returns the process exit code. ``warnings``: lines
+    the CLI found while reading the settings (a config file's unknown keys ...). ``front``: this
+    process is one front of several (:mod:`server.http.fronts`), ``settings`` its share."""
+    prepared = prepare(settings, warnings, announce=front is None)
+    if isinstance(prepared, int):
+        return prepared
+    auth, tls = prepared.auth, prepared.tls
+    listeners = open_listeners(settings, reuse_port=front is not None)
+    if isinstance(listeners, int):
+        return listeners
+    host, port = listeners[0].getsockname()[:2]
+    health_port: int | None = listeners[1].getsockname()[1] if len(listeners) > 1 else None
     pool = WorkerPool(settings)
     # The script's environment, as the reference's launcher leaves it (secrets left out).
     pool.worker_env = worker_environment(settings, os.environ, os.getcwd(), port=port, health_port=health_port)
+    pod = PodView(front, pool) if front is not None else None
+    probes.answer_for_pod(pod)
     http = protocol_class(Limits.from_settings(settings, health_port), pool)
     app = create_app(settings, pool, health_port=health_port, auth=auth, connections=http.guard)
     config = uvicorn.Config(
@@ -307,26 +349,31 @@ def serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
         **(tls.uvicorn_options() if tls is not None else {}),
     )
     plain = listeners[1] if tls is not None and health_port is not None and not settings.ssl_health_port else None
-    server = _Server(config, pool, settings, listeners, auth=auth, tls=tls, plain=plain)
+    server = _Server(config, pool, settings, listeners, auth=auth, tls=tls, plain=plain, pod=pod)
     pool.on_fatal = server.fatal
+    label = "" if front is None else f" (front {front.index} of {front.count}, pid {os.getpid()})"
     logger.info(
-        "scorehost %s: %d worker(s), %d concurrent call(s), queue %d / %d ms, timeout %d ms",
+        "scorehost %s%s: %d worker(s), %d concurrent call(s), queue %d / %d ms, timeout %d ms",
         _version(),
+        label,
         settings.workers,
         settings.max_concurrent_requests,
         settings.max_queue_length,
         settings.max_queue_wait_ms,
         settings.scoring_timeout_ms,
     )
-    _print_banner(settings, banner(settings, port, health_port))
-    scheme = "https" if tls is not None else "http"
-    logger.info("Listening on %s://%s:%d", scheme, _shown(host), port)
-    if health_port is not None:
-        logger.info("Health probes on %s://%s:%d", "http" if plain else scheme, _shown(host), health_port)
+    if front is None:  # with several fronts the parent prints these once, with the totals
+        print_banner(settings, banner(settings, port, health_port))
+        scheme = "https" if tls is not None else "http"
+        logger.info("Listening on %s://%s:%d", scheme, shown(host), port)
+        if health_port is not None:
+            logger.info("Health probes on %s://%s:%d", "http" if plain else scheme, shown(host), health_port)
     tune_gc()
     try:
         server.run(sockets=listeners)
     finally:
+        if pod is not None:
+            pod.stop()
         for listener in listeners:
             listener.close()
     if pool.fatal:

@@ -36,6 +36,14 @@ class CoalescingTransport:
         self._buffer.append(bytes(data))
         self.flush_soon()
 
+    def write_now(self, data: bytes) -> None:
+        """Write what is held and ``data`` at once, in one system call."""
+        self._buffer.append(data)
+        self._flush()
+
+    def flush_now(self) -> None:
+        self._flush()
+
     def hold(self, data: bytes) -> None:
         self._buffer.append(data)
 
