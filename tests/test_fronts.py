@@ -137,16 +137,25 @@ def test_one_front_by_default_means_no_parent(start_server: Any) -> None:
 
 @pytest.mark.slow
 def test_two_fronts_share_the_port_and_both_serve(start_server: Any) -> None:
-    server = start_server("ppid.py", SCOREHOST_HTTP_PROCESSES="2", SCOREHOST_WORKERS="2")
+    server = start_server(
+        "ppid.py", SCOREHOST_HTTP_PROCESSES="2", SCOREHOST_WORKERS="2",
+        SEPERATE_HEALTH_ENDPOINT="true", SCOREHOST_HEALTH_PORT="0",
+    )  # fmt: skip
     fronts = _fronts(server)
     assert sorted(fronts) == [0, 1] and all(_parent_of(pid) == server.proc.pid for pid in fronts.values())
     seen = set()
-    for _ in range(40):  # 40 fresh connections: both fronts, but for a 2**-39 chance
+    for _ in range(24):  # 24 fresh connections: both fronts, but for a 2**-23 chance
         response = _post(server, {})
         assert response.status_code == 200
         seen.add(response.json()["ppid"])
     assert seen == set(fronts.values())
     assert len([ln for ln in server.lines if "Listening on" in ln]) == 1
+    # The health port (0: the parent picked it, once) is shared the same way.
+    health = int(re.findall(r"Health probes on http://127.0.0.1:(\d+)", server.log)[0])
+    for _ in range(6):
+        answer = httpx.get(f"http://127.0.0.1:{health}/health/ready", headers=CLOSE, timeout=5)
+        assert answer.json()["fronts"] == ["ready", "ready"]
+        assert httpx.post(f"http://127.0.0.1:{health}/score", headers=CLOSE, timeout=5).status_code == 404
     assert re.search(r"front 1 of 2, pid \d+\): 1 worker", server.log)
 
 

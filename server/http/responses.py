@@ -59,7 +59,7 @@ class RawResponse(Response):
             await super().__call__(scope, receive, send)
 
 
-def write_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+def write_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes | memoryview) -> bool:
     """Write a complete response in one ``transport.write``, as uvicorn's two ASGI sends would.
 
     uvicorn's ``send`` does per-header regular-expression checks and two writes: at one
@@ -73,8 +73,8 @@ def write_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
         return False
     if cycle.disconnected:
         return True  # as uvicorn's send: nobody to write to
-    content = [STATUS_LINE[status]]
-    values = []
+    content: list[bytes | memoryview] = [STATUS_LINE[status]]
+    values: list[bytes] = []
     for name, value in (*cycle.default_headers, *headers):
         content += (name, b": ", value, b"\r\n")
         values.append(value)
@@ -89,7 +89,10 @@ def write_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
     cycle.response_started = cycle.response_complete = True
     cycle.waiting_for_100_continue = False
     transport = cycle.transport
-    transport.write(b"".join(content))
+    # Whole, so nothing of this connection's would join it: out now, not at the end of the
+    # loop iteration (CoalescingTransport), which saves the iteration.
+    write_now = getattr(transport, "write_now", None)
+    (write_now or transport.write)(b"".join(content))
     cycle.message_event.set()
     if not keep_alive:
         transport.close()
