@@ -255,3 +255,28 @@ def test_start_up_errors_are_one_line_and_an_exit_code() -> None:
     time.sleep(0.1)
     assert f"Cannot listen on 127.0.0.1:{port}: the port is already in use" in handle.log
     assert "HTTP front" not in handle.log  # nothing was started
+
+
+@pytest.mark.slow
+def test_metrics_answer_for_every_front(start_server: Any) -> None:
+    # A scrape reaches one front; it must not show that front's counters alone (they would jump
+    # between the fronts' values, which Prometheus reads as resets).
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = start_server("ppid.py", SCOREHOST_HTTP_PROCESSES="2", SCOREHOST_WORKERS="2")
+    index_of = {pid: index for index, pid in _fronts(server).items()}
+    served = {0: 0, 1: 0}
+    for _ in range(16):
+        served[index_of[_post(server, {}).json()["ppid"]]] += 1
+    for _ in range(4):  # fresh connections: whichever front answers, it answers for both
+        text = httpx.get(server.url + "/metrics", headers=CLOSE, timeout=10).text
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+        up = {s.labels["front"]: s.value for s in samples if s.name == "scorehost_front_up"}
+        assert up == {"0": 1.0, "1": 1.0}
+        scored = {
+            s.labels["front"]: s.value
+            for s in samples
+            if s.name == "scorehost_requests_total" and s.labels.get("route") == "/score"
+        }
+        assert scored == {"0": float(served[0]), "1": float(served[1])}
+        assert all("front" in s.labels for s in samples)

@@ -31,6 +31,7 @@ from server.errors import InternalError, MethodNotAllowed, NotFound, ScoreHostEr
 from server.http.auth import Authenticator
 from server.http.handlers import Handlers
 from server.http.observe import Observability
+from server.http.pod import FrontRole
 from server.http.probes import Probes
 from server.http.responses import render_error, send_server_version
 from server.settings import Settings
@@ -152,17 +153,19 @@ def create_app(
     auth: Authenticator | None = None,
     connections: Any = None,
     telemetry: Telemetry | None = None,
+    front: FrontRole | None = None,
 ) -> ASGIApp:
     """Build the app. With ``manage_pool`` the lifespan starts and stops the pool. With
     ``health_port`` (the bound port of the separate health listener), requests arriving on
     that port get the probes only. ``auth``: the server's authenticator (default: built from
     the settings; see server.http.auth). ``connections``: the connection layer's guard, whose
     counters ``/metrics`` reports; ``telemetry``: tracing set up by the caller (default: as the
-    settings say; see server.http.observe)."""
+    settings say; see server.http.observe); ``front``: this process is one HTTP front of several
+    (``/metrics`` then answers for all of them)."""
     send_server_version(settings.server_version_header)
     h = Handlers(settings, pool, auth)
     probes = Probes(settings, pool, h.access)
-    observe = Observability(settings, pool, connections, telemetry)
+    observe = Observability(settings, pool, connections, telemetry, front)
     if observe.recorder is not None:
         h.on_error = observe.error
     # Model data collection (server.collect): payloads recorded by /score, COLLECT frames from workers.
@@ -195,11 +198,13 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if collector is not None:
             collector.start()
+        await observe.start()
         if manage_pool:
             await pool.start()
         try:
             yield
         finally:
+            await observe.stop()
             if manage_pool:
                 await pool.stop(settings.graceful_timeout_s)
                 observe.close()

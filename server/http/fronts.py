@@ -33,9 +33,11 @@ import ctypes
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -145,10 +147,12 @@ class FrontSupervisor:
         board: Board,
         keep: Sequence[socket.socket] = (),
         mask: set[int | signal.Signals] | None = None,
+        metrics_dir: str | None = None,
     ) -> None:
         self.settings = settings
         self.fronts = fronts
         self.board = board
+        self.metrics_dir = metrics_dir
         self.keep = list(keep)  # the parent's bound sockets: a front closes its copies
         self.stopping = False
         self.deadline = math.inf
@@ -270,7 +274,7 @@ class FrontSupervisor:
                 sock.close()
             from server.http.server import serve
 
-            return serve(front.settings, front=FrontRole(front.index, self.board))
+            return serve(front.settings, front=FrontRole(front.index, self.board, self.metrics_dir))
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 1
         except KeyboardInterrupt:  # SIGINT before uvicorn took the signal over
@@ -376,7 +380,13 @@ def _serve_fronts(settings: Settings, warnings: Sequence[str], mask: set[int | s
         board = Board(n)
         parts = shares(settings, port, health_port if health_port is not None else settings.health_port)
         fronts = [Front(i, share) for i, share in enumerate(parts)]
-        return FrontSupervisor(settings, fronts, board, keep, mask).run()
+        # The fronts' metrics sockets (pod-wide /metrics, server.metrics_pod): mkdtemp's 0700 folder.
+        metrics_dir = tempfile.mkdtemp(prefix="scorehost-fronts-") if settings.metrics else None
+        try:
+            return FrontSupervisor(settings, fronts, board, keep, mask, metrics_dir).run()
+        finally:
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     finally:
         for sock in keep:
             sock.close()

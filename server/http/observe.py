@@ -8,7 +8,8 @@ when both are off, and then nothing here runs per request.
 ``/score`` (the fast path in :class:`server.http.app.ScoreHostApp`) is recorded inline;
 every other route goes through :class:`Observed`, which reads the status from the
 response's start message. ``/metrics`` itself is counted like any route but never
-access-logged unless ``access_log_probes`` is on.
+access-logged unless ``access_log_probes`` is on. In one HTTP front of several
+(``http_processes``) it answers for every front (:mod:`server.metrics_pod`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import tracing
 from server.errors import ScoreHostError
+from server.http.pod import FrontRole
 from server.http.responses import RawResponse
 from server.log import AccessLog
 from server.metrics import Metrics, Recorder, route_of
+from server.metrics_pod import PodMetrics
 from server.settings import Settings
 from server.workers.pool import WorkerPool
 
@@ -43,10 +46,14 @@ class Observability:
         pool: WorkerPool,
         connections: Any = None,
         telemetry: tracing.Telemetry | None = None,
+        front: FrontRole | None = None,
     ) -> None:
         self.pool = pool
         self.metrics = Metrics(settings, pool, connections) if settings.metrics else None
         self.recorder: Recorder | None = self.metrics.recorder if self.metrics is not None else None
+        self.pod: PodMetrics | None = None
+        if self.metrics is not None and front is not None and front.metrics_dir is not None:
+            self.pod = PodMetrics(front.index, front.count, front.metrics_dir, self._own_exposition)
         if telemetry is None:
             telemetry = tracing.setup(settings, os.environ, role="http")
         self.telemetry = telemetry
@@ -74,10 +81,24 @@ class Observability:
     def routes(self) -> list[Route]:
         return [Route("/metrics", self.serve_metrics, methods=["GET"])] if self.metrics is not None else []
 
+    async def start(self) -> None:
+        if self.pod is not None:
+            await self.pod.start()
+
+    async def stop(self) -> None:
+        if self.pod is not None:
+            await self.pod.close()
+
+    async def _own_exposition(self) -> bytes:
+        assert self.metrics is not None
+        return (await self.metrics.render())[0]
+
     async def serve_metrics(self, request: Request) -> Response:
         assert self.metrics is not None
         started = time.perf_counter()
-        body, content_type = await self.metrics.render(request.headers.get("accept"))
+        accept = request.headers.get("accept")
+        render = self.pod.render if self.pod is not None else self.metrics.render
+        body, content_type = await render(accept)
         response = RawResponse(200, body, [(b"content-type", content_type.encode())])
         if self._log is not None:
             ms = (time.perf_counter() - started) * 1000.0

@@ -55,10 +55,13 @@ class Board:
 
 @dataclass(frozen=True)
 class FrontRole:
-    """What makes a server process one front of several: its place on the board."""
+    """What makes a server process one front of several: its place on the board, and the
+    folder (mode 0700, made by the parent) where the fronts answer each other's metrics
+    requests (:mod:`server.metrics_pod`)."""
 
     index: int
     board: Board
+    metrics_dir: str | None = None
 
     @property
     def count(self) -> int:

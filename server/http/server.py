@@ -333,7 +333,7 @@ def serve(settings: Settings, warnings: Sequence[str] = (), *, front: FrontRole 
     pod = PodView(front, pool) if front is not None else None
     probes.answer_for_pod(pod)
     http = protocol_class(Limits.from_settings(settings, health_port), pool)
-    app = create_app(settings, pool, health_port=health_port, auth=auth, connections=http.guard)
+    app = create_app(settings, pool, health_port=health_port, auth=auth, connections=http.guard, front=front)
     config = uvicorn.Config(
         app,
         loop="uvloop",
