@@ -135,9 +135,8 @@ class WorkerPool(Supervisor):
         if tracer is not None:
             call.traceparent = tracer.traceparent()
         future: asyncio.Future[Answer] = self._loop.create_future()
-        idle = not worker.in_flight
         worker.in_flight[call.call_id] = Pending(future, call.deadline, call.start_by, arrived)
-        worker.conn.send(protocol.encode_call(call), urgent, now=idle)
+        worker.conn.send(protocol.encode_call(call), urgent)
         if tracer is None:
             return await future
         answer = await future

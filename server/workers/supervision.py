@@ -130,17 +130,17 @@ class WorkerConnection(asyncio.Protocol):
         # NOTE: uvloop's transports do not subclass asyncio.Transport.
         self.out = CoalescingTransport(cast(asyncio.Transport, transport), asyncio.get_running_loop())
 
-    def send(self, data: bytes, urgent: bool = True, now: bool = False) -> None:
+    def send(self, data: bytes, urgent: bool = True) -> None:
         """Queue a frame. Urgent frames (a call that can start at once) leave at the end
         of this loop iteration; the others (pipelined calls that would only wait in the
         worker) leave with the next batch, when the worker next replies, so one wake-up
-        of the worker serves a whole batch whatever the scheduler does. ``now``: the
-        worker is idle, so waiting for other calls to join would only delay it (at one
-        connection, by a loop iteration per request)."""
+        of the worker serves a whole batch whatever the scheduler does.
+
+        NOTE: writing a call to an idle worker at once (not at the end of the iteration)
+        was tried: no gain at one connection, and 10-25% fewer req/s at 8, because the
+        first call of a burst then wakes the worker alone (docs/benchmarks.md)."""
         assert self.out is not None
-        if now:
-            self.out.write_now(data)
-        elif urgent:
+        if urgent:
             self.out.write(data)
         else:
             self.out.hold(data)
