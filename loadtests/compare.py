@@ -395,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     finally:
-        for srv in running.values():
-            servers.stop(srv)
+        servers.stop_all(running)
 
     rows = [asdict(c) for c in cells]
     agg = tables.aggregate(rows)

@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     finally:
-        for srv in running.values():
-            servers.stop(srv)
+        servers.stop_all(running)
     text = table(cells, fronts, args)
     meta: dict[str, Any] = {
         "started": started,

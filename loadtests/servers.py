@@ -18,10 +18,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from loadtests import HERE, REPO, cpu
 
@@ -271,6 +272,12 @@ def start(
         cpu.pin_tree(proc.pid, cpus)
     log.info("%s ready on %s (pid %d)", name, server.url, proc.pid)
     return server
+
+
+def stop_all(running: Mapping[Any, Server]) -> None:
+    """Stop every server of a run (a runner's ``finally``)."""
+    for server in running.values():
+        stop(server)
 
 
 def stop(server: Server, timeout_s: float = 15.0) -> None:
