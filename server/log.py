@@ -7,8 +7,9 @@ line belongs to a request:
 
 ``log_format=json`` writes one JSON object per line instead. The handler does not
 write every record at once: at ten thousand requests a second a write per access
-line would be a system call per request. It holds lines and writes them at least
-every 0.2 s (or once 64 KiB are held), at once for warnings and errors, and at exit.
+line would be a system call per request. In the HTTP process it holds lines and
+writes them at least every 0.2 s (or once 64 KiB are held), at once for warnings and
+errors, and at exit; workers write each line at once and flush on that clock.
 
 ``log_names=azmlinfsrv`` (the ``azmlinfsrv`` command) writes what the reference writes,
 so existing log queries keep matching: its logger names (``azmlinfsrv`` for the server
@@ -198,12 +199,18 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
     HTTP process's time per request. Lines leave in one write every
     ``_FLUSH_EVERY_S``, once ``_MAX_HELD`` characters are held, at once for warnings
     and errors, and at exit.
+
+    ``hold=False`` (the workers, where user code runs) writes each line to the stream at
+    once, as before, and only flushes on that clock: a line ``run()`` logged just before
+    it crashed the process must not die in our buffer.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, hold: bool = True) -> None:
         super().__init__(stream)
+        self.hold = hold
         self._held: list[str] = []
         self._held_chars = 0
+        self._dirty = False  # hold=False: written to the stream, not flushed yet
         self._flusher = threading.Thread(target=self._flush_loop, name="log-flush", daemon=True)
         self._flusher.start()
         atexit.register(self.flush)
@@ -217,6 +224,15 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def write_line(self, line: str, *, urgent: bool = False) -> None:
         """Queue one line (without its newline); ``urgent`` writes everything held now."""
         with self.lock:  # type: ignore[union-attr]
+            if not self.hold:
+                try:
+                    self.stream.write(line + "\n")
+                except (OSError, ValueError):
+                    return
+                self._dirty = True
+                if urgent:
+                    self._write_held()
+                return
             self._held.append(line)
             self._held_chars += len(line) + 1
             if urgent or self._held_chars >= _MAX_HELD:
@@ -224,16 +240,19 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _write_held(self) -> None:
         # Called with the lock held.
-        if self._held:
-            self._held.append("")  # the last line's newline
-            text = "\n".join(self._held)
-            self._held.clear()
-            self._held_chars = 0
-            try:
+        if not (self._held or self._dirty):
+            return
+        try:
+            if self._held:
+                self._held.append("")  # the last line's newline
+                text = "\n".join(self._held)
+                self._held.clear()
+                self._held_chars = 0
                 self.stream.write(text)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+            self._dirty = False
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -243,12 +262,15 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _flush_loop(self) -> None:
         while True:
             time.sleep(_FLUSH_EVERY_S)
-            if self._held:
+            if self._held or self._dirty:
                 self.flush()
 
 
-def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = None, names: str = "scorehost") -> None:
-    """Install our handler on the root logger (idempotent per process)."""
+def configure(
+    level: str = "info", fmt: str = "text", stream: TextIO | None = None, names: str = "scorehost", hold: bool = True
+) -> None:
+    """Install our handler on the root logger (idempotent per process); ``hold``: see
+    :class:`DeferredFlushHandler`."""
     global _names, _logging_file
     if names not in LOGGER_NAMES:
         raise ValueError(f"unknown log naming {names!r}")
@@ -258,7 +280,7 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     for handler in list(root.handlers):
         if isinstance(handler, DeferredFlushHandler):
             root.removeHandler(handler)
-    handler = DeferredFlushHandler(stream or sys.stdout)
+    handler = DeferredFlushHandler(stream or sys.stdout, hold=hold)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(names))
     handler.addFilter(_RequestIdFilter())
     root.addHandler(handler)
@@ -270,11 +292,11 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def configure_from(settings: Settings, stream: TextIO | None = None) -> str | None:
+def configure_from(settings: Settings, stream: TextIO | None = None, hold: bool = True) -> str | None:
     """Everything a process does to set up logging: our handler, in the settings' naming mode,
     then the user's ``logging.json`` if there is one. Returns the file applied, if any.
     Raises :class:`LoggingFileError` for a file that cannot be applied."""
-    configure(settings.log_level, settings.log_format, stream=stream, names=settings.log_names)
+    configure(settings.log_level, settings.log_format, stream=stream, names=settings.log_names, hold=hold)
     return apply_logging_file(settings)
 
 

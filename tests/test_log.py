@@ -171,3 +171,11 @@ def test_held_lines_are_written_within_the_flush_interval(stream: io.StringIO) -
     while "eventually" not in stream.getvalue() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "eventually" in stream.getvalue()
+
+
+def test_workers_write_each_line_at_once(stream: io.StringIO) -> None:
+    # Where user code runs (hold=False), a line logged just before a crash must already be in
+    # the stream: nothing waits in our buffer.
+    log.configure("info", "text", stream=stream, hold=False)
+    logging.getLogger("t.worker").info("before the crash")
+    assert "before the crash" in stream.getvalue()

@@ -431,10 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     settings_module.install(settings)  # get_store() and friends see the HTTP process's settings
     sock = socket.socket(fileno=args.fd)
     channel = _Channel(sock)
+    # hold=False: user code runs here, and its last lines before a crash must reach the stream.
     try:
-        log.configure_from(settings, stream=sys.stdout)  # the user's logging.json too, as the reference
+        log.configure_from(settings, stream=sys.stdout, hold=False)  # the user's logging.json too, as the reference
     except LoggingFileError as exc:
-        log.configure(settings.log_level, settings.log_format, stream=sys.stdout)
+        log.configure(settings.log_level, settings.log_format, stream=sys.stdout, hold=False)
         logger.error("Worker %d failed to start: %s", args.index, exc)
         channel.send(protocol.encode_message(Kind.FAILED, {"message": str(exc)}))
         return EXIT_INIT_FAILED
