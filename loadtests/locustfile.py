@@ -443,40 +443,19 @@ class ScoreUser(FastHttpUser):
         error: BaseException | None,
     ) -> None:
         assert CTX.cfg is not None
-        fire = self.environment.events.request.fire
         size = CTX.cfg.token_bytes
+
+        def fire(kind: str, name: str, ms: float, length: int, exc: BaseException | None, start: float) -> None:
+            self.environment.events.request.fire(
+                request_type=kind, name=name, response_time=ms, response_length=length, response=answer,
+                context={}, exception=exc, start_time=start,
+            )  # fmt: skip
+
         if arrivals:
-            fire(
-                request_type="STREAM",
-                name=profiles.STREAM_TTFC,
-                response_time=(arrivals[0] - t0) * 1000.0,
-                response_length=size,
-                response=answer,
-                context={},
-                exception=None,
-                start_time=started_epoch,
-            )
+            fire("STREAM", profiles.STREAM_TTFC, (arrivals[0] - t0) * 1000.0, size, None, started_epoch)
         for before, after in itertools.pairwise(arrivals):
-            fire(
-                request_type="STREAM",
-                name=profiles.STREAM_GAP,
-                response_time=(after - before) * 1000.0,
-                response_length=size,
-                response=answer,
-                context={},
-                exception=None,
-                start_time=started_epoch + (before - t0),
-            )
-        fire(
-            request_type="POST",
-            name=profiles.STREAM_WHOLE,
-            response_time=(end - t0) * 1000.0,
-            response_length=got,
-            response=answer,
-            context={},
-            exception=error,
-            start_time=started_epoch,
-        )
+            fire("STREAM", profiles.STREAM_GAP, (after - before) * 1000.0, size, None, started_epoch + (before - t0))
+        fire("POST", profiles.STREAM_WHOLE, (end - t0) * 1000.0, got, error, started_epoch)
 
 
 @dataclass(frozen=True)

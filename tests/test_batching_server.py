@@ -3,6 +3,7 @@ scripts with @batch (sync and async), with the counters in /metrics."""
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -68,13 +69,17 @@ def test_v2_batches_across_connections_and_models_with_the_lru_store(start_serve
         assert evictions is not None and float(evictions.group(1)) > 0
 
 
+def _post_x(server: Any, x: Any) -> tuple[int, Any]:
+    """One ``{"x": x}`` call on its own connection: (status, JSON answer)."""
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.post("/score", content=orjson.dumps({"x": x}))
+    return r.status_code, r.json()
+
+
 def test_sync_script_batches_its_run_threads(start_server: Any) -> None:
     server = start_server("batch_sync.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="8", SCOREHOST_ACCESS_LOG="false")
 
-    def post(x: Any) -> tuple[int, Any]:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            r = c.post("/score", content=orjson.dumps({"x": x}))
-        return r.status_code, r.json()
+    post = functools.partial(_post_x, server)
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(post, range(48)))
@@ -93,10 +98,7 @@ def test_async_script_batches_and_a_call_that_waits_past_its_deadline_never_runs
     server = start_server("batch_async.py", SCOREHOST_SCORING_TIMEOUT_MS="1000", SCOREHOST_ACCESS_LOG="false",
                           SCOREHOST_MAX_CONCURRENT_REQUESTS="16")  # fmt: skip
 
-    def post(x: Any) -> tuple[int, Any]:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            r = c.post("/score", content=orjson.dumps({"x": x}))
-        return r.status_code, r.json()
+    post = functools.partial(_post_x, server)
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(post, range(48)))
