@@ -29,7 +29,6 @@ than sharing them: docs/architecture.md, "Multi-front serving".
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server.http.pod import Board, FrontRole, FrontState
+from server.orphans import die_with_parent
 from server.settings import Settings
 
 logger = logging.getLogger("scorehost")
@@ -108,23 +108,6 @@ def _how(code: int) -> str:
         return f"was killed by {signal.Signals(-code).name}"
     except ValueError:
         return f"was killed by signal {-code}"
-
-
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this front when the parent dies, even by ``kill -9`` (its workers then follow).
-
-    NOTE: the same few lines as :func:`server.workers.main.die_with_parent`; importing that module
-    would load the worker's side (entry scripts, the model store) into an HTTP process."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - no prctl: a front outlives a killed parent
-        logger.warning("PR_SET_PDEATHSIG is unavailable; a front outlives a parent killed with SIGKILL")
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(0)
 
 
 @dataclass
@@ -269,7 +252,7 @@ class FrontSupervisor:
         try:
             os.setpgid(0, 0)
             signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
-            _die_with_parent(self._pid)
+            die_with_parent(self._pid, "a front outlives a parent killed with SIGKILL")
             for sock in self.keep:
                 sock.close()
             from server.http.server import serve

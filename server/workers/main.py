@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import functools
 import logging
 import os
@@ -42,6 +41,7 @@ from server.entry.results import Stream
 from server.entry.script import EntryScript, model_dir_tree
 from server.errors import EntryScriptError, LoggingFileError, NotFound, Overloaded, ScoreHostError, ScoringTimeout
 from server.gctune import tune_gc
+from server.orphans import die_with_parent
 from server.settings import Settings
 from server.store.stats import start_reporting
 from server.workers import protocol
@@ -400,24 +400,6 @@ def attach_collect_hook(loop: asyncio.AbstractEventLoop, proto: WorkerProtocol) 
         box.attach(loop, proto._write, lambda: proto.transport.get_write_buffer_size() if proto.transport else 0)
 
 
-def die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this process when the HTTP process dies, even by ``kill -9``.
-
-    Without it a worker stuck in a C call is re-parented and burns a core forever. The
-    end-of-stream on the socket remains the portable fallback (it needs a free loop).
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - no prctl: rely on end of stream
-        logger.warning("PR_SET_PDEATHSIG is unavailable; workers rely on end of stream to exit")
-        return
-    if parent and os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(0)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scorehost-worker")
     parser.add_argument("--fd", type=int, required=True)
@@ -426,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=0)
     args = parser.parse_args(argv)
 
-    die_with_parent(args.parent)
+    # The end-of-stream on the socket remains the portable fallback (it needs a free loop).
+    die_with_parent(args.parent, "workers rely on end of stream to exit")
     settings = Settings.model_validate_json(os.environ.pop(protocol.SETTINGS_ENV))
     settings_module.install(settings)  # get_store() and friends see the HTTP process's settings
     sock = socket.socket(fileno=args.fd)
