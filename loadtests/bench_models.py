@@ -178,7 +178,8 @@ def run_inprocess(args: argparse.Namespace, model_bytes: int) -> dict[str, Any]:
         cmd += ["--ort-threads", str(args.ort_threads)]
     if args.lazy:
         cmd.append("--lazy")
-    env = {**os.environ, "BENCH_SPAWNED_AT": repr(time.time()), "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "BENCH_SPAWNED_AT": repr(time.time()), "PYTHONPATH": path}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"in-process child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

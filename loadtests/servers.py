@@ -204,10 +204,11 @@ def command(
         return [venv_python(), "-m", "server", "serve", "--host", "127.0.0.1", *args, *extra], "/health/ready"
     if system == "scorehost":
         exe = scorehost_bin()
-        if exe is None:
-            raise RuntimeError("scorehost is not installed here (expected .venv/bin/scorehost); pip install -e .")
+        # Not installed (a bare GPU machine with the dependencies on PYTHONPATH): this
+        # checkout's package, with the interpreter running us.
+        command = [exe] if exe is not None else [sys.executable, "-m", "server"]
         extra = ["--worker_count", str(workers)] if workers else []
-        return [exe, "serve", "--host", "127.0.0.1", *args, *extra], "/health/ready"
+        return [*command, "serve", "--host", "127.0.0.1", *args, *extra], "/health/ready"
     if system == "azmlinfsrv":
         if aml_python is None:
             raise ValueError("azmlinfsrv needs the python of its virtualenv (ensure_aml_venv)")

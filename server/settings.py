@@ -323,6 +323,12 @@ class Settings(SecuritySettings, CollectSettings, BatchSettings):
     gpu_mem_limit_mb: int = Field(0, ge=0, validation_alias=_env("gpu_mem_limit_mb"))
     """Per-session CUDA arena limit in MB; 0: ONNX Runtime's default (no limit)."""
 
+    gpu_cublas_workspace_mb: int = Field(4, ge=0, le=1024, validation_alias=_env("gpu_cublas_workspace_mb"))
+    """cuBLAS workspace per handle in MB, set as ``CUBLAS_WORKSPACE_CONFIG`` before CUDA loads in a
+    process that runs models on CUDA (unless that variable is already set); 0: cuBLAS's default.
+    Every CUDA session holds its own handles: on an H200 the default cost 146 MiB of GPU memory per
+    loaded model and 4 MB costs 26 MiB (docs/models.md, "GPU memory per model")."""
+
     ort_threads: int = Field(1, ge=0, le=1024, validation_alias=_env("ort_threads"))
     """Intra-op threads for the model store's sessions. 1 (default): single-threaded sessions and no
     process-wide pool; parallelism comes from ``max_concurrent_requests``. >1: one global pool of that

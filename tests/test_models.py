@@ -643,3 +643,23 @@ def test_cuda_request_without_cuda_runs_on_cpu_with_one_warning(
     assert len(warnings) == 1 and "running on CPU" in warnings[0].getMessage()
     assert store.get("m0").metadata.providers == (CPU,)
     assert store.get("m0").run({"x": _x()})["y"].shape == (1, 2)
+
+
+def test_cuda_stores_size_the_cublas_workspace_unless_the_operator_did(
+    tmp_path: Path, open_models: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set before CUDA loads, in a process that runs models on CUDA: each session's cuBLAS
+    # handles take this much GPU memory (docs/models.md). Checked here without a GPU; the
+    # memory it saves is measured by loadtests/gpu_memory.py on one.
+    make_mlp(tmp_path / "m.onnx")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    open_models(tmp_path, device="cpu", gpu_cublas_workspace_mb=8)
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # no CUDA wanted: nothing to size
+    open_models(tmp_path, device="cuda:0", gpu_cublas_workspace_mb=8)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":8192:1"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    open_models(tmp_path, device="cuda:0", gpu_cublas_workspace_mb=2)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    open_models(tmp_path, device="cuda:0", gpu_cublas_workspace_mb=0)
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ

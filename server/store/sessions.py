@@ -2,7 +2,7 @@
 process-wide thread pool and allocator, session options, tensor types, and the
 Model that runs one session.
 
-    configure_runtime(threads, want_cuda)   once per process: shared pool + arena
+    configure_runtime(threads, want_cuda)   once per process: shared pool + arena, cuBLAS workspace
     parse_device("cuda:1")                  -> Device("cuda", 1)
     plan_providers(device, available, ...)  -> ProviderPlan (pure: testable without a GPU)
     session_options(runtime, ...)           -> onnxruntime.SessionOptions
@@ -18,6 +18,7 @@ calls (a second store, tests) reuse it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -190,10 +191,17 @@ def fallback_warning(plan: ProviderPlan, session_providers: Sequence[str]) -> st
     """A warning if the session was asked for CUDA and onnxruntime fell back to CPU."""
     if plan.wants_cuda and CUDA not in session_providers:
         return (
-            "CUDAExecutionProvider could not be initialised (no GPU, driver or CUDA/cuDNN "
-            f"libraries?); the session runs on {list(session_providers)}"
+            f"CUDAExecutionProvider could not be initialised on {_cuda_device(plan)} (no such GPU, or no "
+            f"driver or CUDA/cuDNN libraries?); the session runs on {list(session_providers)}"
         )
     return None
+
+
+def _cuda_device(plan: ProviderPlan) -> str:
+    for spec in plan.providers:
+        if not isinstance(spec, str) and spec[0] == CUDA:
+            return f"cuda:{spec[1].get('device_id', '0')}"
+    return "cuda:0"  # CUDA named without options: onnxruntime's default device
 
 
 # --- the process-wide runtime ---------------------------------------------------
@@ -217,7 +225,7 @@ _runtime_lock = threading.Lock()
 _dlls_preloaded = False
 
 
-def configure_runtime(threads: int, *, want_cuda: bool) -> Runtime:
+def configure_runtime(threads: int, *, want_cuda: bool, cublas_workspace_mb: int = 0) -> Runtime:
     """Choose the threading mode and share one CPU arena, once per process; later calls reuse it.
 
     ``threads`` (``ort_threads``; 0: the CPUs this process may use) > 1 creates
@@ -229,6 +237,7 @@ def configure_runtime(threads: int, *, want_cuda: bool) -> Runtime:
     global _runtime
     with _runtime_lock:
         if want_cuda:
+            _size_cublas_workspace(cublas_workspace_mb)
             _preload_cuda_dlls()
         wanted = threads or available_cpus()
         if _runtime is not None:
@@ -283,6 +292,19 @@ def _register_shared_arena() -> bool:
     return True
 
 
+def _size_cublas_workspace(mb: int) -> None:
+    """Set the cuBLAS workspace of every handle this process creates, before cuBLAS loads.
+
+    NOTE: each CUDA session creates its own cuBLAS handles, each with a workspace (about 60 MiB
+    apiece on Hopper by default): that, not the model, is most of a small model's GPU memory.
+    A value the operator set wins, and so does a cuBLAS that user code loaded already.
+    """
+    if mb <= 0 or "CUBLAS_WORKSPACE_CONFIG" in os.environ:
+        return
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = f":{mb * 1024}:1"  # one buffer of that many KiB
+    logger.info("cuBLAS workspace: %d MB per handle (gpu_cublas_workspace_mb)", mb)
+
+
 def _preload_cuda_dlls() -> None:
     global _dlls_preloaded
     preload = getattr(ort, "preload_dlls", None)
@@ -290,6 +312,10 @@ def _preload_cuda_dlls() -> None:
         # A CPU-only build: there is nothing to preload, and trying would only log noise.
         return
     _dlls_preloaded = True
+    # onnxruntime 1.31 logs a warning through its default logger for every CUDA session
+    # ("No registered plugin EP device found"), which session options cannot silence:
+    # 1,000 models would log 1,000 of them. Its errors still reach the log.
+    ort.set_default_logger_severity(3)
     try:
         preload()
     except Exception as exc:

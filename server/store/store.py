@@ -451,7 +451,9 @@ def open_store(settings: Settings, progress: Progress | None = None) -> ModelSto
     if not settings.lazy_models and (settings.max_loaded_models or settings.model_memory_budget_mb):
         logger.warning("max_loaded_models and model_memory_budget_mb apply only with lazy_models")
     want_cuda = any(parse_device(s.config.device or settings.device).wants_cuda for s in sources)
-    runtime = configure_runtime(settings.ort_threads, want_cuda=want_cuda)
+    runtime = configure_runtime(
+        settings.ort_threads, want_cuda=want_cuda, cublas_workspace_mb=settings.gpu_cublas_workspace_mb
+    )
     store = ModelStore(settings, sources, runtime, progress)
     if settings.lazy_models:
         store._report(force=True)
