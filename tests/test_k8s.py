@@ -623,3 +623,21 @@ def test_auth_off_is_said_explicitly_because_the_image_defaults_to_key() -> None
     assert env_of(off)["SCOREHOST_AUTH_MODE"] == "none" and "SCOREHOST_KEYS_FILE" not in env_of(off)
     pod = next(m for m in off if m["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def test_http_processes_option_sets_the_fronts_and_needs_a_worker_each(capsys: pytest.CaptureFixture[str]) -> None:
+    assert k8s.main(["render", "--http-processes", "2", "--workers", "4"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    env = {e["name"]: e["value"] for e in docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SCOREHOST_HTTP_PROCESSES"] == "2" and env["WORKER_COUNT"] == "4"
+    # The server refuses fewer workers than fronts; the renderer says so before deploying.
+    assert k8s.main(["render", "--http-processes", "2"]) == 2
+    assert "--http-processes 2 needs --workers 2 or more (got 1)" in capsys.readouterr().err
+    low, high = _setting_bounds("http_processes")
+    for bad in (low - 1, high + 1):
+        assert k8s.main(["render", "--http-processes", str(bad), "--workers", "64"]) == 2
+        assert "--http-processes: Input should be" in capsys.readouterr().err
+    assert k8s.main(["render", "--http-processes", "1"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    env = {e["name"]: e["value"] for e in docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SCOREHOST_HTTP_PROCESSES"] == "1"

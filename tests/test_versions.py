@@ -515,3 +515,11 @@ def test_render_spec_refuses_single_deployment_options(tmp_path: Path, capsys: p
     bad = spec_of(v("a", workers=0))
     with pytest.raises(ConfigError, match="version 'a': workers: Input should be greater than or equal to 1"):
         render_endpoint(bad)
+
+
+def test_a_version_may_set_its_http_fronts() -> None:
+    deployment = by_kind(render_endpoint(spec_of(v("a", 100, workers=2, http_processes=2))), "Deployment")[0]
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SCOREHOST_HTTP_PROCESSES"] == "2"
+    with pytest.raises(ConfigError, match="version 'a': --http-processes 2 needs --workers 2 or more"):
+        render_endpoint(spec_of(v("a", 100, http_processes=2)))

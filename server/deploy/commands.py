@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--service-port", type=int, default=80, help="Service port (default: %(default)s)")
     r.add_argument("--entry-script", help="AZUREML_ENTRY_SCRIPT, relative to /var/azureml-app")
     r.add_argument("--workers", type=int, help="WORKER_COUNT (default: the server's, 1)")
+    r.add_argument(
+        "--http-processes", type=int, help="SCOREHOST_HTTP_PROCESSES: HTTP fronts per pod (default: the server's, 1)"
+    )
     r.add_argument("--shutdown-delay-s", type=float, default=2.0, help="SCOREHOST_SHUTDOWN_DELAY_S")
     r.add_argument("--graceful-timeout-s", type=float, default=30.0, help="SCOREHOST_GRACEFUL_TIMEOUT_S")
     r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra container env")
@@ -154,7 +157,9 @@ def _render_spec(spec: EndpointSpec, path: str, args: argparse.Namespace) -> int
 # --- commands ------------------------------------------------------------------------------------
 def _render_command(args: argparse.Namespace) -> int:
     if args.spec:
-        given = [f for f in ("image", "namespace", "entry_script", "workers", "env") if getattr(args, f)]
+        given = [
+            f for f in ("image", "namespace", "entry_script", "workers", "http_processes", "env") if getattr(args, f)
+        ]
         if given or args.name != "scorehost":
             named = ", ".join("--" + f.replace("_", "-") for f in given or ["name"])
             raise ConfigError(f"{named}: with --spec, each version's settings come from the spec file")
@@ -166,7 +171,7 @@ def _render_command(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
         env[key] = value
-    names = ("name", "image", "namespace", "port", "service_port", "entry_script", "workers")
+    names = ("name", "image", "namespace", "port", "service_port", "entry_script", "workers", "http_processes")
     options: dict[str, Any] = {name: getattr(args, name) for name in names}
     options |= {"shutdown_delay_s": args.shutdown_delay_s, "graceful_timeout_s": args.graceful_timeout_s, "env": env}
     if args.autoscaler:

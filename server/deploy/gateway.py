@@ -116,6 +116,7 @@ def render_endpoint(
                 service_port=spec.service_port,
                 entry_script=version.entry_script,
                 workers=version.workers,
+                http_processes=version.http_processes,
                 env=version.env,
                 autoscaler=autoscaler or spec.autoscaler,
                 prometheus_url=prometheus_url or spec.prometheus_url,

@@ -72,6 +72,7 @@ class RenderOptions(BaseModel):
     service_port: Port = 80
     entry_script: str | None = None
     workers: Annotated[int, bounded_like(Settings, "workers")] | None = None
+    http_processes: Annotated[int, bounded_like(Settings, "http_processes")] | None = None
     shutdown_delay_s: Annotated[float, bounded_like(Settings, "shutdown_delay_s")] = 2.0
     graceful_timeout_s: Annotated[float, bounded_like(Settings, "graceful_timeout_s")] = 30.0
     env: dict[str, str] = Field(default_factory=dict)
@@ -138,6 +139,8 @@ def container_env(config: DeployConfig, opts: RenderOptions) -> list[Manifest]:
         env["SCOREHOST_MAX_CONCURRENT_REQUESTS"] = str(config.replica_max_concurrent_requests)
     if opts.workers is not None:
         env["WORKER_COUNT"] = str(opts.workers)
+    if opts.http_processes is not None:
+        env["SCOREHOST_HTTP_PROCESSES"] = str(opts.http_processes)
     if opts.entry_script:
         env["AZUREML_ENTRY_SCRIPT"] = opts.entry_script
     if config.collect_model_data:  # written under the image's SCOREHOST_COLLECT_DIR (docs/collect.md)
@@ -319,6 +322,10 @@ def _check_options(config: DeployConfig, opts: RenderOptions) -> None:
     if opts.workers is not None and concurrent is not None and concurrent < opts.workers:
         # The server refuses to start with fewer slots than workers; say so before deploying.
         raise ConfigError(f"replica_max_concurrent_requests ({concurrent}) must be at least --workers ({opts.workers})")
+    fronts = opts.http_processes or 1
+    if fronts > 1 and (opts.workers or 1) < fronts:
+        # Each HTTP front owns a share of the workers: the server refuses fewer workers than fronts.
+        raise ConfigError(f"--http-processes {fronts} needs --workers {fronts} or more (got {opts.workers or 1})")
 
 
 # One file per object with ``-o DIR``.

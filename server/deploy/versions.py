@@ -114,6 +114,7 @@ class VersionSpec(BaseModel):
     image: str | None = None  # None: scorehost:cpu, or scorehost:gpu with gpu_cores
     entry_script: str | None = None
     workers: int | None = None
+    http_processes: int | None = None
     env: dict[str, str] = Field(default_factory=dict)
     description: str | None = None
     # A deployment configuration (either JSON form), inline or as a file relative to the spec.
