@@ -10,8 +10,11 @@ turning dynamic batching on (``--max-batch``, ``--delay-us``). Both are pinned t
 pinned to ``--load-cpus``, posts one V2 JSON request (``[1, 64]`` FP32, the example's sample row)
 to ``/v2/models/example/infer``. Every round runs every (variant, connections) cell once, in a
 shuffled order; the table holds the medians over the rounds, the mean batch size from the
-server's own ``/metrics`` (``scorehost_batch_size`` sum / count during the cell), and the load
-other tenants put on the machine meanwhile (``foreign``, in cores).
+server's own ``/metrics`` (``scorehost_batch_size`` sum / count during the cell), the server CPU
+each request cost the HTTP process and its worker (``/proc``, over the cell), and the load other
+tenants put on the machine meanwhile (``foreign``, in cores). Under the table it prints the ceiling
+that split implies: batching shares only the worker's cost, so even a free worker gives at most
+(HTTP_off + worker_off) / HTTP_on.
 
 The targets (issue 15): at 64 connections, batching on serves at least 3x the requests per
 second of batching off, with a p99 no worse; at 1 connection, its p50 is at most 5% above off's.
@@ -55,6 +58,8 @@ class Cell:
     errors: int = 0
     mean_batch: float | None = None
     srv_cores: float = 0.0
+    http_us: float | None = None  # server CPU per request: the HTTP process
+    worker_us: float | None = None  # and its worker
     foreign_cores: float = 0.0
     failed: str = ""
 
@@ -70,6 +75,8 @@ class Summary:
     errors: int
     foreign_cores: float
     rounds: int
+    http_us: float | None = None
+    worker_us: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -132,11 +139,13 @@ def measure(cell: Cell, server: servers.Server, body: Path, args: argparse.Names
         generators.run_wrk(server.url, body, cell.conns, args.warmup, args.load_cpus, path=PATH)
     before = batch_totals(server.url)
     srv0, busy0 = cpu.tree_cpu_seconds(server.pid), cpu.system_busy_seconds()
+    http0 = cpu.process_cpu_seconds(server.pid)
     kids0, self0 = cpu.children_cpu_seconds(), cpu.own_cpu_seconds()
     t0 = time.monotonic()
     load = generators.run_wrk(server.url, body, cell.conns, args.duration, args.load_cpus, path=PATH)
     wall = time.monotonic() - t0
     srv = cpu.tree_cpu_seconds(server.pid) - srv0
+    http = cpu.process_cpu_seconds(server.pid) - http0
     gen = cpu.children_cpu_seconds() - kids0
     mine = cpu.own_cpu_seconds() - self0
     busy = cpu.system_busy_seconds() - busy0
@@ -148,6 +157,9 @@ def measure(cell: Cell, server: servers.Server, body: Path, args: argparse.Names
         return
     cell.rps, cell.p50_ms, cell.p99_ms = load.rps, load.p50_ms, load.p99_ms
     cell.requests, cell.errors = load.requests, load.errors
+    if load.requests:
+        cell.http_us = round(http * 1e6 / load.requests, 1)
+        cell.worker_us = round((srv - http) * 1e6 / load.requests, 1)
     if before is not None and after is not None and after[1] > before[1]:
         cell.mean_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
     if not server.alive():
@@ -177,6 +189,8 @@ def summarize(cells: list[Cell]) -> list[Summary]:
                 errors=sum(c.errors for c in ok),
                 foreign_cores=statistics.median(c.foreign_cores for c in ok),
                 rounds=len(ok),
+                http_us=med([c.http_us for c in ok]),
+                worker_us=med([c.worker_us for c in ok]),
             )
         )
     return out
@@ -200,21 +214,50 @@ def checks(rows: list[Summary]) -> list[tuple[str, bool, str]]:
     return out
 
 
+def ceiling(rows: list[Summary], conns: int = 64) -> str | None:
+    """What batching can give at most on this server, from the CPU each process spent per request.
+
+    Batching shares the worker's cost among a batch; the HTTP process still parses, routes and
+    answers every request. Even if the worker cost nothing, on could serve at most
+    (HTTP_off + worker_off) / HTTP_on times off's requests on one core.
+    """
+    by = {(r.variant, r.conns): r for r in rows}
+    on, off = by.get(("on", conns)), by.get(("off", conns))
+    if not (on and off and on.http_us and off.http_us and off.worker_us is not None):
+        return None
+    whole_off = off.http_us + off.worker_us
+    return (
+        f"Ceiling at {conns} connections: off spent {off.http_us:.0f} + {off.worker_us:.0f} µs of server CPU "
+        f"per request (HTTP process + worker); on, {on.http_us:.0f} + {on.worker_us or 0:.0f}. With a worker that "
+        f"cost nothing, on would reach {whole_off / on.http_us:.2f}x of off; 3x needs {whole_off / 3:.0f} µs "
+        f"per request in all, less than the HTTP process alone spends."
+        if whole_off / on.http_us < 3
+        else f"Ceiling at {conns} connections: {whole_off / on.http_us:.2f}x of off with a worker that cost nothing."
+    )
+
+
 def markdown(rows: list[Summary], verdicts: list[tuple[str, bool, str]], meta: dict[str, Any]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
+    def us(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
     lines = [
-        "| connections | batching | req/s | p50 ms | p99 ms | mean batch size | errors | foreign load (cores) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| connections | batching | req/s | p50 ms | p99 ms | mean batch size | errors | server CPU µs/req: HTTP "
+        "process + worker | foreign load (cores) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         batch = "-" if r.mean_batch is None else f"{r.mean_batch:.1f}"
         lines.append(f"| {r.conns} | {r.variant} | {r.rps:,.0f} | {ms(r.p50_ms)} | {ms(r.p99_ms)} | {batch} "
-                     f"| {r.errors} | {r.foreign_cores:.2f} |")  # fmt: skip
+                     f"| {r.errors} | {us(r.http_us)} + {us(r.worker_us)} | {r.foreign_cores:.2f} |")  # fmt: skip
     lines.append("")
     for name, ok, value in verdicts:
         lines.append(f"- {'PASS' if ok else 'FAIL'}: {name} ({value})")
+    limit = ceiling(rows)
+    if limit:
+        lines += ["", limit]
     lines += ["", f"Medians of {meta['rounds']} rounds of {meta['duration']:g} s per cell; {meta['setup']}."]
     return "\n".join(lines) + "\n"
 

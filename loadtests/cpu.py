@@ -103,14 +103,15 @@ def tree_pinned(root: int, cpus: str | None) -> bool:
     return True
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads); 0.0 when it is gone."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICK if fields else 0.0
+
+
 def tree_cpu_seconds(root: int) -> float:
     """utime + stime of every process (all threads) in the tree."""
-    total = 0.0
-    for pid in tree_pids(root):
-        fields = _stat_fields(pid)
-        if fields:
-            total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
+    return sum(process_cpu_seconds(pid) for pid in tree_pids(root))
 
 
 def system_busy_seconds() -> float:

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from loadtests import analysis, checks, payloads, profiles, transfer  # noqa: E402
+from loadtests import analysis, batching, checks, payloads, profiles, transfer  # noqa: E402
 from loadtests.recorder import FLAG_INVALID_BODY, FLAG_NO_RETRY_AFTER, Recorder  # noqa: E402
 
 # --- fast: pure parts ------------------------------------------------------------------
@@ -201,6 +201,20 @@ def test_stream_checks_and_figures() -> None:
     bad = _checks(_run_data(_stream_record(short=2), "streaming", tokens=4, token_bytes=16))
     assert not bad["every stream complete"]
     assert bad["time to first chunk recorded"]
+
+
+def test_batching_ceiling_from_the_cpu_each_process_spent() -> None:
+    def row(variant: str, rps: float, http: float, worker: float) -> batching.Summary:
+        return batching.Summary(variant, 64, rps, 1.0, 2.0, None, 0, 0.0, 3, http_us=http, worker_us=worker)
+
+    # Off: 223 + 139 µs a request; on: 196 + 70. A free worker would give (223 + 139) / 196.
+    text = batching.ceiling([row("off", 2760, 223, 139), row("on", 3765, 196, 70)])
+    assert text is not None and "1.85x" in text and "3x needs 121 µs" in text
+    heavy = batching.ceiling([row("off", 500, 100, 900), row("on", 3000, 100, 50)])
+    assert heavy is not None and "10.00x" in heavy and "needs" not in heavy
+    assert batching.ceiling([row("off", 2760, 223, 139)]) is None
+    table = batching.markdown([row("off", 2760, 223, 139)], [], {"rounds": 3, "duration": 8, "setup": "x"})
+    assert "| 223 + 139 |" in table
 
 
 def test_transfer_sizes_and_cells() -> None:
