@@ -811,3 +811,29 @@ def test_tritonclient_http_client_end_to_end(http_url: str) -> None:
         assert err.value.status() == "400"
     finally:
         client.close()
+
+
+@pytest.mark.slow
+def test_tritonclient_against_the_real_server_binary_and_compressed(tmp_path: Path, start_server: Any) -> None:
+    # Through uvicorn, the HTTP process and a worker: the binary extension's
+    # Inference-Header-Content-Length and Content-Encoding must reach the worker's V2 handler
+    # (a V2 call carries only the headers that handler reads).
+    make_mlp(tmp_path / "mlp" / "1" / "model.onnx")
+    server_handle = start_server(args=["--model_dir", str(tmp_path)], SCOREHOST_AUTH_MODE="none")
+    address = server_handle.url.split("://", 1)[1]
+    client = triton.InferenceServerClient(address, connection_timeout=5, network_timeout=10)
+    try:
+        x = np.asarray(X, np.float32)
+        for binary_in, compression, binary_out in ((True, "gzip", True), (True, "deflate", False), (False, None, True)):
+            tensor = triton.InferInput("x", [2, 16], "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary_in)
+            outputs = [triton.InferRequestedOutput("y", binary_data=binary_out)]
+            result = client.infer("mlp", [tensor], outputs=outputs, request_compression_algorithm=compression)
+            np.testing.assert_allclose(result.as_numpy("y"), mlp_reference(x), rtol=1e-4, atol=1e-4)
+        wrong = triton.InferInput("x", [2, 16], "FP64")
+        wrong.set_data_from_numpy(x.astype(np.float64))
+        with pytest.raises(InferenceServerException, match="FP64") as err:
+            client.infer("mlp", [wrong])
+        assert err.value.status() == "400"
+    finally:
+        client.close()

@@ -61,6 +61,8 @@ _TRACE = b"traceid"
 _AUTH = b"authorization"
 _CTYPE = b"content-type"
 _CLEN = b"content-length"
+# The only request headers the V2 handler reads (server/store/v2.py); a V2 call carries no others.
+_V2_HEADERS = (b"content-encoding", b"inference-header-content-length")
 _COLLECT_BODY = "scorehost.collect_body"
 
 
@@ -246,7 +248,7 @@ class Handlers:
             raise MethodNotAllowed("The method is not allowed for the requested URL.", allow=V2_METHODS)
         self._check_auth(found)
         body = await self._body(request, found)
-        call = self._call(request, Target.V2, method, ids[0], body, MetaLevel.FULL, found, self._auth_check is not None)
+        call = self._call(request, Target.V2, method, ids[0], body, MetaLevel.FULL, found, keep=_V2_HEADERS)
         answer = await self.pool.call(call)
         return self._render(request, answer, ids)
 
@@ -270,10 +272,11 @@ class Handlers:
     @staticmethod
     def _call(
         request: Request, target: Target, method: str, rid: str, body: bytes, level: MetaLevel,
-        found: dict[bytes, bytes], hide_auth: bool = False,
+        found: dict[bytes, bytes], hide_auth: bool = False, keep: tuple[bytes, ...] | None = None,
     ) -> Call:  # fmt: skip
         """The call for the worker: only the metadata its script asked for. ``hide_auth``: the server
-        checked the Authorization header (auth_mode), so the key or token in it stays here."""
+        checked the Authorization header (auth_mode), so the key or token in it stays here. ``keep``:
+        the only headers the worker reads (the others cost framing on both sides for nothing)."""
         scope = request.scope
         call = Call(0, target, method, rid, body, 0.0)
         if level is MetaLevel.NONE:
@@ -285,7 +288,9 @@ class Handlers:
         if level is MetaLevel.FULL:
             call.path = scope["path"]
             headers = scope["headers"]
-            if hide_auth and _AUTH in found:
+            if keep is not None:
+                headers = [(k, v) for k, v in headers if k in keep]
+            elif hide_auth and _AUTH in found:
                 headers = [(k, v) for k, v in headers if k != _AUTH]
             call.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
         return call
