@@ -39,26 +39,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _nvidia_smi(*args: str) -> str:
+    return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=20, check=True).stdout
+
+
+def gpu_memory_used_mib(index: int = 0) -> float:
+    """The memory in use on one GPU, every process's (nvidia-smi)."""
+    return float(_nvidia_smi("--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", str(index)).split()[0])
+
+
 def process_gpu_mib(pid: int) -> float:
-    out = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
+    """One process's GPU memory; the whole GPU's where nvidia-smi lists no processes (containers)."""
+    for line in _nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits").splitlines():
         fields = [f.strip() for f in line.split(",")]
         if len(fields) == 2 and fields[0] == str(pid):
             return float(fields[1])
-    total = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
-    ).stdout
-    return float(total.split()[0])  # no per-process figures here: the whole GPU's
+    return gpu_memory_used_mib()
 
 
 def _cuda_stream() -> int:
@@ -125,6 +121,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.sessions, Path(args.dir))))
         return
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        sys.exit(f"needs onnxruntime-gpu (this onnxruntime {ort.__version__} has {ort.get_available_providers()})")
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.sessions + 1):
             make_mlp(Path(tmp) / f"m{i}.onnx", seed=i)

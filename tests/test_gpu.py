@@ -26,6 +26,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import make_mlp, mlp_reference
 
+from loadtests.gpu_memory import gpu_memory_used_mib
 from server.errors import ScoreHostError
 from server.settings import Settings
 from server.store.store import ModelState, ModelStore, open_store
@@ -71,17 +72,6 @@ def _x(batch: int = 1, width: int = 16) -> np.ndarray:
 
 def _config(model: Path, **config: Any) -> None:
     model.with_name(model.stem + ".scorehost.json").write_bytes(orjson.dumps(config))
-
-
-def _gpu_memory_used_mib() -> int:
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
-    )
-    return int(out.stdout.split()[0])
 
 
 def _make_wide(path: Path, width: int) -> Path:
@@ -168,16 +158,16 @@ def test_lazy_loading_bounds_the_gpu_memory_of_many_models(tmp_path: Path, open_
     for i in range(count):
         make_mlp(tmp_path / f"m{i:03d}.onnx", seed=i)
     store = open_models(tmp_path, device="cuda:0", lazy_models=True, max_loaded_models=kept)
-    base = _gpu_memory_used_mib()
+    base = gpu_memory_used_mib()
     for i in range(kept):
         store.get(f"m{i:03d}").run({"x": _x(4)})
-    with_kept = _gpu_memory_used_mib()
+    with_kept = gpu_memory_used_mib()
     per_model = (with_kept - base) / kept
     for i in range(count):
         model = store.get(f"m{i:03d}")
         assert model.metadata.providers[0] == CUDA
         np.testing.assert_allclose(model.run({"x": _x(4)})["y"], mlp_reference(_x(4), seed=i), rtol=1e-2, atol=1e-2)
-    after = _gpu_memory_used_mib()
+    after = gpu_memory_used_mib()
     print(
         f"GPU memory per loaded CUDA model: {per_model:.1f} MiB; {count} models through {kept} slots: "
         f"{with_kept - base} -> {after - base} MiB"
