@@ -292,17 +292,32 @@ def _register_shared_arena() -> bool:
     return True
 
 
+def cublas_workspace_config(mb: int, *, cuda_available: bool, current: str | None) -> str | None:
+    """The ``CUBLAS_WORKSPACE_CONFIG`` to set for ``gpu_cublas_workspace_mb``; None: leave it alone.
+
+    Nothing without CUDA (a CPU-only build has no cuBLAS to size), for 0 (cuBLAS's default), or
+    when the variable is set already (an operator's value wins).
+    """
+    if mb <= 0 or not cuda_available or current is not None:
+        return None
+    return f":{mb * 1024}:1"  # one buffer of that many KiB
+
+
 def _size_cublas_workspace(mb: int) -> None:
     """Set the cuBLAS workspace of every handle this process creates, before cuBLAS loads.
 
     NOTE: each CUDA session creates its own cuBLAS handles, each with a workspace (about 60 MiB
     apiece on Hopper by default): that, not the model, is most of a small model's GPU memory.
-    A value the operator set wins, and so does a cuBLAS that user code loaded already.
+    A cuBLAS that user code loaded already keeps the workspace it started with.
     """
-    if mb <= 0 or "CUBLAS_WORKSPACE_CONFIG" in os.environ:
-        return
-    os.environ["CUBLAS_WORKSPACE_CONFIG"] = f":{mb * 1024}:1"  # one buffer of that many KiB
-    logger.info("cuBLAS workspace: %d MB per handle (gpu_cublas_workspace_mb)", mb)
+    current = os.environ.get(_CUBLAS_WORKSPACE)
+    value = cublas_workspace_config(mb, cuda_available=CUDA in ort.get_available_providers(), current=current)
+    if value is not None:
+        os.environ[_CUBLAS_WORKSPACE] = value
+        logger.info("cuBLAS workspace: %d MB per handle (gpu_cublas_workspace_mb)", mb)
+
+
+_CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 
 
 def _preload_cuda_dlls() -> None:
