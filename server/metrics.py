@@ -75,13 +75,16 @@ _FIXED_ROUTES = frozenset(
 )  # fmt: skip
 
 
+V2_INFER_ROUTE = "/v2/models/{model}/infer"
+
+
 def route_of(path: str) -> str:
     """The bounded route label of a request path."""
     if path in _FIXED_ROUTES:
         return path
     if path.startswith("/v2/models/"):
         if path.endswith("/infer"):
-            return "/v2/models/{model}/infer"
+            return V2_INFER_ROUTE
         if path.endswith("/ready"):
             return "/v2/models/{model}/ready"
         return "/v2/models/{model}"

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from conftest import SCRIPTS, wait_pool_ready
+from onnx_models import make_mlp, mlp_reference
 
 from server.http.app import create_app
 from server.settings import Settings
@@ -24,8 +27,8 @@ def anyio_backend() -> str:
 
 
 @contextlib.asynccontextmanager
-async def client_for(script: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(entry_script=str(SCRIPTS / script), access_log=False, **overrides)
+async def client_for(script: str | None, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(entry_script=str(SCRIPTS / script) if script else None, access_log=False, **overrides)
     pool = WorkerPool(settings)
     app = create_app(settings, pool, manage_pool=False)
     await pool.start()
@@ -133,6 +136,32 @@ async def test_api_key_and_cors() -> None:
             "/score", headers={"origin": "https://app.example", "access-control-request-method": "POST"}
         )
         assert pre.status_code == 200 and "POST" in pre.headers["access-control-allow-methods"]
+
+
+@pytest.mark.parametrize("cors", [[], ["https://app.example"]], ids=["fast-path", "with-cors-through-starlette"])
+async def test_v2_inference_answers_the_same_on_either_path(tmp_path: Path, cors: list[str]) -> None:
+    # Without CORS, V2 inference skips Starlette's router (server.http.app.ScoreHostApp); with it,
+    # the request goes through the middleware. The answers must not tell the two apart.
+    make_mlp(tmp_path / "mlp" / "1" / "model.onnx")
+    x = np.arange(32, dtype=np.float32).reshape(2, 16) / 10
+    body = {"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    origin = {"origin": "https://app.example"}
+    async with client_for(None, model_dir=str(tmp_path), cors_origins=cors) as c:
+        for path in ("/v2/models/mlp/infer", "/v2/models/mlp/versions/1/infer"):
+            ok = await c.post(path, json=body, headers=origin)
+            assert ok.status_code == 200, ok.text
+            y = np.array(ok.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 2)
+            np.testing.assert_allclose(y, mlp_reference(x), rtol=1e-4, atol=1e-4)
+            assert ok.headers["x-request-id"] and ok.json()["model_name"] == "mlp"
+            assert ok.headers.get("access-control-allow-origin") == (cors[0] if cors else None)
+        missing = await c.post("/v2/models/nope/infer", json=body)
+        assert missing.status_code == 404 and "nope" in missing.json()["error"]
+        bad = await c.post("/v2/models/mlp/infer", content=b"{", headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and "error" in bad.json()
+        wrong = await c.get("/v2/models/mlp/infer")
+        assert wrong.status_code == 405 and "POST" in wrong.headers["allow"]
+        assert (await c.get("/v2/models/mlp/ready")).status_code == 200  # not inference: Starlette's route
+        assert (await c.get("/v2/health/ready")).status_code == 200  # the probe, never a worker
 
 
 async def test_v2_without_models_is_404_json() -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import SCRIPTS, wait_pool_ready
+from onnx_models import make_mlp
 from receivers import OtlpReceiver, running
 
 from server import tracing
@@ -126,3 +128,35 @@ def test_app_insights_connection_string_from_the_references_names() -> None:
     assert "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL" not in env  # the environment's own choice stays
     assert env["APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED"] == "true"
     assert tracing.setup(Settings(), {}, role="http") is None and not tracing.enabled(Settings(), {})
+
+
+@pytest.mark.anyio
+async def test_v2_inference_gets_its_span_and_route_on_the_fast_path(tmp_path: Path) -> None:
+    make_mlp(tmp_path / "mlp" / "1" / "model.onnx")
+    settings = Settings(model_dir=str(tmp_path), access_log=False, tracing=True)
+    memory = InMemorySpanExporter()
+    telemetry = tracing.setup(settings, {"OTEL_TRACES_EXPORTER": "none"}, role="http", exporter=memory)
+    assert telemetry is not None
+    body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+    with running(OtlpReceiver()) as receiver:
+        pool = WorkerPool(settings)
+        pool.worker_env = {**os.environ, **FAST_EXPORT, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
+        app = create_app(settings, pool, manage_pool=False, telemetry=telemetry)
+        await pool.start()
+        try:
+            await wait_pool_ready(pool)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                ok = await client.post("/v2/models/mlp/infer", json=body, headers={"traceparent": TRACEPARENT})
+                missing = await client.post("/v2/models/nope/versions/2/infer", json=body)
+            assert (ok.status_code, missing.status_code) == (200, 404)
+        finally:
+            await pool.stop(5)
+            telemetry.shutdown()
+    spans = [s for s in memory.get_finished_spans() if s.name == "POST /v2/models/{model}/infer"]
+    assert len(spans) == 2
+    traced, plain = sorted(spans, key=lambda s: s.attributes["http.response.status_code"])
+    assert traced.kind is SpanKind.SERVER and f"{traced.parent.span_id:016x}" == CLIENT_SPAN
+    assert traced.attributes["http.route"] == "/v2/models/{model}/infer"
+    assert traced.attributes["url.path"] == "/v2/models/mlp/infer"
+    assert (traced.attributes["http.response.status_code"], plain.attributes["http.response.status_code"]) == (200, 404)
+    assert plain.attributes["url.path"] == "/v2/models/nope/versions/2/infer" and plain.parent is None
