@@ -6,8 +6,8 @@ receives many CALL frames per read. The worker hands the V2 inference calls of b
 (:mod:`server.store.batcher`) to :class:`V2Batcher` instead of running them one by one:
 
 * each model has a queue, owned by the event loop (no lock). A call joins its model's queue
-  and the queue is looked at once the current read is processed (``call_soon``), so every call
-  of one read is there;
+  and the queue is looked at once the current read is processed (``run_due``, called by the
+  worker at the end of each read), so every call of one read is there;
 * :func:`server.batching.queue.decide` says when: a call alone runs at once; calls that wait
   together run when they fill the batch, or when the oldest has waited ``max_queue_delay_us``;
 * a batch runs inline on the loop (a one-slot worker, like any call there) or on a run thread,
@@ -79,6 +79,7 @@ class V2Batcher:
         self._pool = pool
         self._limit = max(1, slots) if pool is not None else 1
         self._queues: dict[str, _Queue] = {}
+        self._due: list[_Queue] = []  # queues that calls joined since they were last looked at
 
     def offer(self, call: Call) -> bool:
         """Take ``call`` if it is an inference for a batching model (it will be answered through
@@ -102,7 +103,18 @@ class V2Batcher:
     def _schedule(self, queue: _Queue) -> None:
         if not queue.scheduled:
             queue.scheduled = True
-            self._loop.call_soon(self._service, queue)
+            self._due.append(queue)
+            if len(self._due) == 1:
+                self._loop.call_soon(self.run_due)
+
+    def run_due(self) -> None:
+        """Look at the queues that calls joined. The worker calls this at the end of the read that
+        brought them, so a call alone runs, and its reply leaves, within that read, as an unbatched
+        call's does; otherwise (a call started later, a batch's follow-up) the next turn of the loop
+        does."""
+        due, self._due = self._due, []
+        for queue in due:
+            self._service(queue)
 
     def _service(self, queue: _Queue) -> None:
         queue.scheduled = False

@@ -216,6 +216,8 @@ class WorkerProtocol(asyncio.Protocol):
                 logger.info("Stopping: %d call(s) in flight", self.pending)
                 self.stopping = True
                 self._maybe_done()
+        if self.batcher is not None:
+            self.batcher.run_due()  # every V2 call of this read has joined its queue by now
         if self.transport is not None:
             # The replies of the calls run inline above leave together, now, rather than
             # after another turn of the loop.
