@@ -54,16 +54,16 @@ class ScoreHostApp:
     through Starlette. A request gets the same handler, metrics and span either way."""
 
     def __init__(
-        self, app: ASGIApp, handlers: Handlers, fast_score: bool, observe: Observability | None = None
+        self, app: ASGIApp, handlers: Handlers, fast_paths: bool, observe: Observability | None = None
     ) -> None:
         self.app = app
         self.handlers = handlers
-        self.fast_score = fast_score
+        self.fast_paths = fast_paths
         self.recorder = observe.recorder if observe is not None else None
         self.tracing = observe.tracing if observe is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.fast_score and scope["type"] == "http":
+        if self.fast_paths and scope["type"] == "http":
             path = scope["path"]
             if path == "/score":
                 await self._fast(scope, receive, send, v2=False)
@@ -238,7 +238,7 @@ def create_app(
         await response(scope, receive, send)
 
     app.router.default = not_found
-    main = ScoreHostApp(observe.wrap(app), h, fast_score=not settings.cors_origins, observe=observe)
+    main = ScoreHostApp(observe.wrap(app), h, fast_paths=not settings.cors_origins, observe=observe)
     if health_port is None:
         return main
     health = health_app(probes, observe.routes() if on_health else None)
