@@ -27,13 +27,13 @@ from onnx_models import (
 
 from server.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, ScoreHostError
 from server.settings import Settings
+from server.store.cuda import cublas_workspace_config
 from server.store.repository import discover, parse_config
 from server.store.sessions import (
     CPU,
     CUDA,
     Device,
     ProviderPlan,
-    cublas_workspace_config,
     fallback_warning,
     parse_device,
     plan_providers,

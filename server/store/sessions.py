@@ -18,7 +18,6 @@ calls (a second store, tests) reuse it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 
 from server.cpus import available_cpus
 from server.errors import InternalError, InvalidInput, ScoreHostError
+from server.store.cuda import CUDA, prepare_cuda
 from server.store.stats import ModelStats
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 
 # A provider as onnxruntime takes it: a name, or (name, options).
 ProviderSpec = str | tuple[str, dict[str, str]]
@@ -222,7 +221,6 @@ class Runtime:
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
-_dlls_preloaded = False
 
 
 def configure_runtime(threads: int, *, want_cuda: bool, cublas_workspace_mb: int = 0) -> Runtime:
@@ -237,8 +235,7 @@ def configure_runtime(threads: int, *, want_cuda: bool, cublas_workspace_mb: int
     global _runtime
     with _runtime_lock:
         if want_cuda:
-            _size_cublas_workspace(cublas_workspace_mb)
-            _preload_cuda_dlls()
+            prepare_cuda(cublas_workspace_mb)
         wanted = threads or available_cpus()
         if _runtime is not None:
             if wanted != _runtime.intra_threads:
@@ -290,51 +287,6 @@ def _register_shared_arena() -> bool:
         logger.warning("could not register a shared CPU arena (%s); sessions keep their own", exc)
         return False
     return True
-
-
-def cublas_workspace_config(mb: int, *, cuda_available: bool, current: str | None) -> str | None:
-    """The ``CUBLAS_WORKSPACE_CONFIG`` to set for ``gpu_cublas_workspace_mb``; None: leave it alone.
-
-    Nothing without CUDA (a CPU-only build has no cuBLAS to size), for 0 (cuBLAS's default), or
-    when the variable is set already (an operator's value wins).
-    """
-    if mb <= 0 or not cuda_available or current is not None:
-        return None
-    return f":{mb * 1024}:1"  # one buffer of that many KiB
-
-
-def _size_cublas_workspace(mb: int) -> None:
-    """Set the cuBLAS workspace of every handle this process creates, before cuBLAS loads.
-
-    NOTE: each CUDA session creates its own cuBLAS handles, each with a workspace (about 60 MiB
-    apiece on Hopper by default): that, not the model, is most of a small model's GPU memory.
-    A cuBLAS that user code loaded already keeps the workspace it started with.
-    """
-    current = os.environ.get(_CUBLAS_WORKSPACE)
-    value = cublas_workspace_config(mb, cuda_available=CUDA in ort.get_available_providers(), current=current)
-    if value is not None:
-        os.environ[_CUBLAS_WORKSPACE] = value
-        logger.info("cuBLAS workspace: %d MB per handle (gpu_cublas_workspace_mb)", mb)
-
-
-_CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
-
-
-def _preload_cuda_dlls() -> None:
-    global _dlls_preloaded
-    preload = getattr(ort, "preload_dlls", None)
-    if _dlls_preloaded or preload is None or CUDA not in ort.get_available_providers():
-        # A CPU-only build: there is nothing to preload, and trying would only log noise.
-        return
-    _dlls_preloaded = True
-    # onnxruntime 1.31 logs a warning through its default logger for every CUDA session
-    # ("No registered plugin EP device found"), which session options cannot silence:
-    # 1,000 models would log 1,000 of them. Its errors still reach the log.
-    ort.set_default_logger_severity(3)
-    try:
-        preload()
-    except Exception as exc:
-        logger.warning("onnxruntime.preload_dlls() failed: %s", exc)
 
 
 # --- sessions --------------------------------------------------------------------
