@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
 from onnx_models import (
@@ -27,7 +26,6 @@ from onnx_models import (
 
 from server.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, ScoreHostError
 from server.settings import Settings
-from server.store.cuda import cublas_workspace_config
 from server.store.repository import discover, parse_config
 from server.store.sessions import (
     CPU,
@@ -645,24 +643,3 @@ def test_cuda_request_without_cuda_runs_on_cpu_with_one_warning(
     assert len(warnings) == 1 and "running on CPU" in warnings[0].getMessage()
     assert store.get("m0").metadata.providers == (CPU,)
     assert store.get("m0").run({"x": _x()})["y"].shape == (1, 2)
-
-
-def test_cublas_workspace_is_sized_only_for_cuda_and_never_over_the_operator() -> None:
-    # Set before CUDA loads, in a process that runs models on CUDA: each session's cuBLAS
-    # handles take this much GPU memory (docs/models.md). tests/test_gpu.py checks the store
-    # sets it on a GPU, and loadtests/gpu_memory.py measures what it saves.
-    assert cublas_workspace_config(4, cuda_available=True, current=None) == ":4096:1"
-    assert cublas_workspace_config(32, cuda_available=True, current=None) == ":32768:1"
-    assert cublas_workspace_config(4, cuda_available=False, current=None) is None
-    assert cublas_workspace_config(0, cuda_available=True, current=None) is None
-    assert cublas_workspace_config(4, cuda_available=True, current=":16:8") is None
-
-
-@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="a CPU-only onnxruntime (tests/test_gpu.py: CUDA)")
-def test_a_cpu_only_build_leaves_the_cublas_workspace_alone(
-    tmp_path: Path, open_models: Opener, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    make_mlp(tmp_path / "m.onnx")
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    open_models(tmp_path, device="cuda:0", gpu_cublas_workspace_mb=8)
-    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
