@@ -4,9 +4,11 @@ one trace across the process boundary; log lines carry the ids; nothing is loade
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.mark.anyio
-async def test_scripts_span_is_a_child_of_run_across_the_process_boundary(capfd: pytest.CaptureFixture[str]) -> None:
-    settings = Settings(entry_script=str(SCRIPTS / "traced.py"), access_log=False, tracing=True, log_format="json")
+Traced = tuple[httpx.AsyncClient, InMemorySpanExporter, OtlpReceiver]
+
+
+@contextlib.asynccontextmanager
+async def traced_client(
+    settings: Settings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, InMemorySpanExporter, OtlpReceiver]]:
+    """An in-process app with tracing and a ready worker: the HTTP side exports to the SDK's
+    in-memory exporter only, the worker over OTLP/HTTP to a receiver."""
     memory = InMemorySpanExporter()
-    # The HTTP side exports to the SDK's in-memory exporter only; the worker over OTLP/HTTP.
     telemetry = tracing.setup(settings, {"OTEL_TRACES_EXPORTER": "none"}, role="http", exporter=memory)
     assert telemetry is not None
     with running(OtlpReceiver()) as receiver:
@@ -51,11 +58,18 @@ async def test_scripts_span_is_a_child_of_run_across_the_process_boundary(capfd:
         try:
             await wait_pool_ready(pool)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-                reply = (await client.post("/score", content=b"hello", headers={"traceparent": TRACEPARENT})).json()
-            assert receiver.wait(lambda: {"run", "user work"} <= {s["name"] for s in receiver.spans()})
+                yield client, memory, receiver
         finally:
             await pool.stop(5)
             telemetry.shutdown()
+
+
+@pytest.mark.anyio
+async def test_scripts_span_is_a_child_of_run_across_the_process_boundary(capfd: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(entry_script=str(SCRIPTS / "traced.py"), access_log=False, tracing=True, log_format="json")
+    async with traced_client(settings) as (client, memory, receiver):
+        reply = (await client.post("/score", content=b"hello", headers={"traceparent": TRACEPARENT})).json()
+        assert receiver.wait(lambda: {"run", "user work"} <= {s["name"] for s in receiver.spans()})
         worker_spans = {s["name"]: s for s in receiver.spans()}
     http_spans = {s.name: s for s in memory.get_finished_spans()}
     request, queue = http_spans["POST /score"], http_spans["queue wait"]
@@ -134,24 +148,11 @@ def test_app_insights_connection_string_from_the_references_names() -> None:
 async def test_v2_inference_gets_its_span_and_route_on_the_fast_path(tmp_path: Path) -> None:
     make_mlp(tmp_path / "mlp" / "1" / "model.onnx")
     settings = Settings(model_dir=str(tmp_path), access_log=False, tracing=True)
-    memory = InMemorySpanExporter()
-    telemetry = tracing.setup(settings, {"OTEL_TRACES_EXPORTER": "none"}, role="http", exporter=memory)
-    assert telemetry is not None
     body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
-    with running(OtlpReceiver()) as receiver:
-        pool = WorkerPool(settings)
-        pool.worker_env = {**os.environ, **FAST_EXPORT, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
-        app = create_app(settings, pool, manage_pool=False, telemetry=telemetry)
-        await pool.start()
-        try:
-            await wait_pool_ready(pool)
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-                ok = await client.post("/v2/models/mlp/infer", json=body, headers={"traceparent": TRACEPARENT})
-                missing = await client.post("/v2/models/nope/versions/2/infer", json=body)
-            assert (ok.status_code, missing.status_code) == (200, 404)
-        finally:
-            await pool.stop(5)
-            telemetry.shutdown()
+    async with traced_client(settings) as (client, memory, _):
+        ok = await client.post("/v2/models/mlp/infer", json=body, headers={"traceparent": TRACEPARENT})
+        missing = await client.post("/v2/models/nope/versions/2/infer", json=body)
+    assert (ok.status_code, missing.status_code) == (200, 404)
     spans = [s for s in memory.get_finished_spans() if s.name == "POST /v2/models/{model}/infer"]
     assert len(spans) == 2
     traced, plain = sorted(spans, key=lambda s: s.attributes["http.response.status_code"])
