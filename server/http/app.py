@@ -34,7 +34,7 @@ from server.http.observe import Observability
 from server.http.pod import FrontRole
 from server.http.probes import Probes
 from server.http.responses import render_error, send_server_version
-from server.metrics import V2_INFER_ROUTE
+from server.metrics import V2_INFER_ROUTE, route_of
 from server.settings import Settings
 from server.tracing import Telemetry
 from server.workers.pool import WorkerPool
@@ -68,8 +68,9 @@ class ScoreHostApp:
             if path == "/score":
                 await self._fast(scope, receive, send, v2=False)
                 return
-            # Starlette would route these to the same handler through "/v2/{rest:path}".
-            if path.startswith("/v2/models/") and path.endswith("/infer"):
+            # Starlette would route these to the same handler through "/v2/{rest:path}"; the
+            # metric label's rule says which paths are inference, so the two cannot disagree.
+            if route_of(path) == V2_INFER_ROUTE:
                 await self._fast(scope, receive, send, v2=True)
                 return
         await self.app(scope, receive, send)
