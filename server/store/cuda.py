@@ -2,7 +2,7 @@
 onnxruntime's per-session warning, and load the CUDA libraries.
 
     prepare_cuda(cublas_workspace_mb)                     once per process that runs models on CUDA
-    cublas_workspace_config(mb, cuda_available, current)  -> CUBLAS_WORKSPACE_CONFIG or None (pure)
+    cublas_workspace_config(mb, current)                  -> CUBLAS_WORKSPACE_CONFIG or None (pure)
 
 Nothing here runs on a CPU-only onnxruntime build.
 """
@@ -21,13 +21,11 @@ _CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 _dlls_preloaded = False
 
 
-def cublas_workspace_config(mb: int, *, cuda_available: bool, current: str | None) -> str | None:
-    """The ``CUBLAS_WORKSPACE_CONFIG`` to set for ``gpu_cublas_workspace_mb``; None: leave it alone.
-
-    Nothing without CUDA (a CPU-only build has no cuBLAS to size), for 0 (cuBLAS's default), or
-    when the variable is set already (an operator's value wins).
+def cublas_workspace_config(mb: int, *, current: str | None) -> str | None:
+    """The ``CUBLAS_WORKSPACE_CONFIG`` to set for ``gpu_cublas_workspace_mb``; None: leave it alone,
+    for 0 (cuBLAS's default) or when the variable is set already (an operator's value wins).
     """
-    if mb <= 0 or not cuda_available or current is not None:
+    if mb <= 0 or current is not None:
         return None
     return f":{mb * 1024}:1"  # one buffer of that many KiB
 
@@ -47,7 +45,7 @@ def _size_cublas_workspace(mb: int) -> None:
     apiece on Hopper by default): that, not the model, is most of a small model's GPU memory.
     A cuBLAS that user code loaded already keeps the workspace it started with.
     """
-    value = cublas_workspace_config(mb, cuda_available=True, current=os.environ.get(_CUBLAS_WORKSPACE))
+    value = cublas_workspace_config(mb, current=os.environ.get(_CUBLAS_WORKSPACE))
     if value is not None:
         os.environ[_CUBLAS_WORKSPACE] = value
         logger.info("cuBLAS workspace: %d MB per handle (gpu_cublas_workspace_mb)", mb)
