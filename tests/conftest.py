@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import plain_http
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ class ServerHandle:
         return "\n".join(self.lines)
 
     def client(self, timeout: float = 10.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        return plain_http.client(base_url=self.url, timeout=timeout)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import httpx
+import plain_http
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(url: str, path: str = "/metrics") -> Samples:
-    response = httpx.get(url + path, timeout=10)
+    response = plain_http.get(url + path, timeout=10)
     assert response.status_code == 200, response.text
     out: Samples = {}
     for family in text_string_to_metric_families(response.text):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
+import plain_http
 import pytest
 from receivers import AppInsightsReceiver, running
 
@@ -27,7 +27,7 @@ def test_requests_spans_and_logs_reach_app_insights(start_server) -> None:  # ty
         server = start_server("traced.py", APPLICATIONINSIGHTS_CONNECTION_STRING=connection,
                               OTEL_BSP_SCHEDULE_DELAY="50", OTEL_BLRP_SCHEDULE_DELAY="50")  # fmt: skip
         headers = {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}
-        assert httpx.post(server.url + "/score", content=b"x", headers=headers).status_code == 200
+        assert plain_http.post(server.url + "/score", content=b"x", headers=headers).status_code == 200
 
         def arrived() -> bool:
             kinds = [(_kind(e), e["data"]["baseData"].get("name") or e["data"]["baseData"].get("message"))

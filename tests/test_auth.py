@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import jwt
+import plain_http
 import pytest
 from conftest import SCRIPTS, ServerHandle, launch
 from security_util import ec_key, pem, public_jwk, public_pem, rsa_key, write_json_atomically
@@ -294,7 +295,7 @@ def keyed(tmp_path: Path) -> Iterator[tuple[ServerHandle, Path]]:
 def _accepted(url: str, key: str, timeout: float = 5.0) -> float:
     """Seconds until ``key`` is accepted."""
     started = time.monotonic()
-    with httpx.Client(timeout=5) as c:
+    with plain_http.client(timeout=5) as c:
         while time.monotonic() - started < timeout:
             if c.post(url + "/score", content=b"1", headers={"Authorization": f"Bearer {key}"}).status_code == 200:
                 return time.monotonic() - started
@@ -329,7 +330,7 @@ def test_keys_rotate_under_load_with_no_failed_request(keyed: tuple[ServerHandle
     lock = threading.Lock()
 
     def client() -> None:
-        with httpx.Client(base_url=server.url, timeout=10) as c:
+        with plain_http.client(base_url=server.url, timeout=10) as c:
             while not stop.is_set():
                 try:
                     r = c.post("/score", content=b'{"a": 1}', headers={"Authorization": f"Bearer {current[0]}"})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import plain_http
 import pytest
 from conftest import SCRIPTS, ServerHandle, launch
 
@@ -42,7 +43,7 @@ def _parent_of(pid: int) -> int:
 
 
 def _post(server: ServerHandle, body: dict[str, Any], timeout: float = 15.0) -> httpx.Response:
-    return httpx.post(server.url + "/score", json=body, headers=CLOSE, timeout=timeout)
+    return plain_http.post(server.url + "/score", json=body, headers=CLOSE, timeout=timeout)
 
 
 def _in_threads(count: int, call: Any) -> tuple[list[threading.Thread], list[Any]]:
@@ -153,9 +154,9 @@ def test_two_fronts_share_the_port_and_both_serve(start_server: Any) -> None:
     # The health port (0: the parent picked it, once) is shared the same way.
     health = int(re.findall(r"Health probes on http://127.0.0.1:(\d+)", server.log)[0])
     for _ in range(6):
-        answer = httpx.get(f"http://127.0.0.1:{health}/health/ready", headers=CLOSE, timeout=5)
+        answer = plain_http.get(f"http://127.0.0.1:{health}/health/ready", headers=CLOSE, timeout=5)
         assert answer.json()["fronts"] == ["ready", "ready"]
-        assert httpx.post(f"http://127.0.0.1:{health}/score", headers=CLOSE, timeout=5).status_code == 404
+        assert plain_http.post(f"http://127.0.0.1:{health}/score", headers=CLOSE, timeout=5).status_code == 404
     assert re.search(r"front 1 of 2, pid \d+\): 1 worker", server.log)
 
 
@@ -184,21 +185,21 @@ def test_readiness_waits_for_every_front_and_a_killed_front_is_restarted(start_s
     )  # fmt: skip
     server.wait_for_log(r"Worker 0 is ready", timeout=20)  # one front is ready, the other in init()
     for _ in range(4):  # whichever front answers
-        ready = httpx.get(server.url + "/health/ready", headers=CLOSE, timeout=5)
+        ready = plain_http.get(server.url + "/health/ready", headers=CLOSE, timeout=5)
         assert ready.status_code == 503 and sorted(ready.json()["fronts"]) == ["ready", "starting"], ready.text
-        assert httpx.get(server.url + "/", headers=CLOSE, timeout=5).status_code == 503
-        assert httpx.get(server.url + "/health/live", headers=CLOSE, timeout=5).status_code == 200
+        assert plain_http.get(server.url + "/", headers=CLOSE, timeout=5).status_code == 503
+        assert plain_http.get(server.url + "/health/live", headers=CLOSE, timeout=5).status_code == 200
     server.wait_ready(timeout=20)
     for _ in range(6):
-        assert httpx.get(server.url + "/health/ready", headers=CLOSE, timeout=5).json()["fronts"] == ["ready"] * 2
-        assert httpx.get(server.url + "/", headers=CLOSE, timeout=5).text == "Healthy"
+        assert plain_http.get(server.url + "/health/ready", headers=CLOSE, timeout=5).json()["fronts"] == ["ready"] * 2
+        assert plain_http.get(server.url + "/", headers=CLOSE, timeout=5).text == "Healthy"
 
     victim = _fronts(server)[1]
     os.kill(victim, signal.SIGKILL)
     server.wait_for_log(rf"HTTP front 1 \(pid {victim}\) was killed by SIGKILL; restarting", timeout=10)
     _wait_for(lambda: _fronts(server)[1] != victim, 10, "front 1 restarted")
     # Its new worker sleeps in init() again: the pod is not ready meanwhile, then ready again.
-    assert httpx.get(server.url + "/health/ready", headers=CLOSE, timeout=5).status_code == 503
+    assert plain_http.get(server.url + "/health/ready", headers=CLOSE, timeout=5).status_code == 503
     server.wait_ready(timeout=20)
     assert _parent_of(_fronts(server)[1]) == server.proc.pid
 
@@ -269,7 +270,7 @@ def test_metrics_answer_for_every_front(start_server: Any) -> None:
     for _ in range(16):
         served[index_of[_post(server, {}).json()["ppid"]]] += 1
     for _ in range(4):  # fresh connections: whichever front answers, it answers for both
-        text = httpx.get(server.url + "/metrics", headers=CLOSE, timeout=10).text
+        text = plain_http.get(server.url + "/metrics", headers=CLOSE, timeout=10).text
         samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
         up = {s.labels["front"]: s.value for s in samples if s.name == "scorehost_front_up"}
         assert up == {"0": 1.0, "1": 1.0}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import plain_http
 import pytest
 from conftest import EXAMPLES, ROOT, SCRIPTS, ServerHandle, launch
 from security_util import process_tree_rss_kb
@@ -57,7 +58,7 @@ class Target:
 
     def assert_alive(self) -> None:
         assert self.handle.proc.poll() is None, self.handle.log[-3000:]
-        with httpx.Client(timeout=10) as c:
+        with plain_http.client(timeout=10) as c:
             assert c.get(self.url + "/health/live").status_code == 200
             assert c.get(self.url + "/health/ready").status_code == 200, self.handle.log[-3000:]
         assert _children(self.handle.proc.pid) == self.workers, "a worker died or was replaced"
@@ -83,7 +84,7 @@ def _target(env: dict[str, str]) -> Iterator[Target]:
     handle = launch(None, {**base, **env})
     try:
         handle.wait_ready()
-        with httpx.Client(timeout=10) as c:  # warm up, then take the baseline
+        with plain_http.client(timeout=10) as c:  # warm up, then take the baseline
             for _ in range(20):
                 c.get(handle.url + "/health/ready")
         target = Target(handle, _children(handle.proc.pid), process_tree_rss_kb(handle.proc.pid))
@@ -156,7 +157,7 @@ def _fuzz_schema(target: Target, raw_schema: dict[str, Any], examples: int, budg
 
 
 def test_schemathesis_score(score_target: Target) -> None:
-    doc = httpx.get(score_target.url + "/swagger.json", params={"version": "3"}, timeout=10).json()
+    doc = plain_http.get(score_target.url + "/swagger.json", params={"version": "3"}, timeout=10).json()
     assert "/score" in doc["paths"]
     calls = _fuzz_schema(score_target, doc, examples=60, budget_s=40)
     assert calls >= 50
@@ -305,7 +306,7 @@ INFER = "/v2/models/model/infer"
 
 
 def _infer(target: Target, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-    with httpx.Client(timeout=20) as c:
+    with plain_http.client(timeout=20) as c:
         return c.post(target.url + INFER, content=body,
                       headers={**AUTH, "Content-Type": "application/json", **(headers or {})})  # fmt: skip
 

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
+import plain_http
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import make_mlp, mlp_reference
@@ -214,7 +214,7 @@ def test_server_serves_v2_on_cuda_from_its_workers(tmp_path: Path, start_server:
         SCOREHOST_WORKERS="2",
     )
     body = {"inputs": [{"name": "x", "shape": [5, 16], "datatype": "FP32", "data": _x(5).ravel().tolist()}]}
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with plain_http.client(base_url=server.url, timeout=30) as client:
         for _ in range(20):
             r = client.post("/v2/models/mlp/infer", json=body)
             assert r.status_code == 200, r.text

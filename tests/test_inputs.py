@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import orjson
+import plain_http
 import pytest
 from conftest import load_script as load
 
@@ -68,7 +68,7 @@ def test_get_json_errors_keep_their_status(body: bytes, ctype: str, status: int)
 @pytest.mark.slow
 def test_deep_query_does_not_kill_the_worker(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("echo.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="1")
-    with httpx.Client(base_url=server.url, timeout=10) as c:
+    with plain_http.client(base_url=server.url, timeout=10) as c:
         for _ in range(5):  # it once killed the worker each time, and the restarts backed off to 30 s
             bad = c.get("/score?a=" + DEEP)
             assert bad.status_code == 400 and "nested too deeply" in bad.json()["message"]

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
+import plain_http
 import pytest
 from onnx_models import make_corrupt, make_mlp
 from scrape import scrape, total, value, wait_for
@@ -153,7 +153,7 @@ def test_rejections_timeouts_and_gauges(start_server) -> None:  # type: ignore[n
                           SCOREHOST_WEDGED_AFTER_MS="60000")  # fmt: skip
 
     def post(ms: int) -> int:
-        return httpx.post(server.url + "/score", json={"sleep_ms": ms}, timeout=20).status_code
+        return plain_http.post(server.url + "/score", json={"sleep_ms": ms}, timeout=20).status_code
 
     with cf.ThreadPoolExecutor(4) as pool:
         long_call = pool.submit(post, 2500)  # 504 after 1.5 s, then holds the slot until it ends
@@ -184,7 +184,7 @@ def test_rejections_timeouts_and_gauges(start_server) -> None:  # type: ignore[n
 def test_not_ready_refusals_and_the_starting_worker(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("slow_init.py", ready=False, SLOW_INIT_S="2")
     starting = scrape(server.url)
-    assert httpx.post(server.url + "/score", content=b"1").status_code == 503
+    assert plain_http.post(server.url + "/score", content=b"1").status_code == 503
     assert value(starting, "scorehost_worker_state", worker="0", state="starting") == 1
     assert "scorehost_worker_init_seconds" not in {name for name, _ in starting}
     server.wait_ready()
@@ -198,16 +198,16 @@ def test_not_ready_refusals_and_the_starting_worker(start_server) -> None:  # ty
 @pytestmark_slow
 def test_a_killed_worker_counts_a_crash_restart(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("crasher.py")
-    pid = httpx.post(server.url + "/score", json={}).json()["pid"]
+    pid = plain_http.post(server.url + "/score", json={}).json()["pid"]
     os.kill(pid, signal.SIGKILL)
     after = wait_for(server.url, lambda s: value(s, "scorehost_worker_restarts_total", cause="crash") == 1
                      and value(s, "scorehost_worker_state", worker="0", state="ready") == 1)  # fmt: skip
     assert value(after, "scorehost_worker_restarts_total", cause="crash") == 1
     assert value(after, "scorehost_worker_restarts_total", cause="wedged") == 0
     assert value(after, "scorehost_worker_state", worker="0", state="ready") == 1
-    assert httpx.post(server.url + "/score", json={}).json()["pid"] != pid
+    assert plain_http.post(server.url + "/score", json={}).json()["pid"] != pid
     # A crash during a call: the caller gets 500, counted by status.
-    assert httpx.post(server.url + "/score", json={"crash": True}).status_code == 500
+    assert plain_http.post(server.url + "/score", json={"crash": True}).status_code == 500
     after = wait_for(server.url, lambda s: value(s, "scorehost_worker_restarts_total", cause="crash") == 2)
     assert value(after, "scorehost_requests_total", route="/score", method="POST", status="500") == 1
 
@@ -286,13 +286,13 @@ def test_metrics_on_the_health_port_or_off(start_server) -> None:  # type: ignor
     health = re.search(r"Health probes on http://([^\s]+)", server.log)
     assert health is not None
     health_url = "http://" + health.group(1)
-    assert httpx.get(server.url + "/metrics").status_code == 404
-    assert httpx.post(server.url + "/score", content=b"1").status_code == 200
+    assert plain_http.get(server.url + "/metrics").status_code == 404
+    assert plain_http.post(server.url + "/score", content=b"1").status_code == 200
     samples = scrape(health_url)
     assert value(samples, "scorehost_requests_total", route="/score", method="POST", status="200") == 1
     off = start_server("env_dump.py", SCOREHOST_METRICS="false")
-    assert httpx.get(off.url + "/metrics").status_code == 404
-    env: dict[str, Any] = httpx.post(off.url + "/score", content=b"1").json()["environ"]
+    assert plain_http.get(off.url + "/metrics").status_code == 404
+    env: dict[str, Any] = plain_http.post(off.url + "/score", content=b"1").json()["environ"]
     assert "PROMETHEUS_MULTIPROC_DIR" not in env
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import plain_http
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -15,7 +16,7 @@ TIMEOUT_MS = 1000
 
 
 def _timed_post(url: str, payload: dict[str, object], timeout: float = 20) -> tuple[httpx.Response, float]:
-    with httpx.Client(base_url=url, timeout=timeout) as c:
+    with plain_http.client(base_url=url, timeout=timeout) as c:
         t = time.perf_counter()
         r = c.post("/score", json=payload)
         return r, time.perf_counter() - t
@@ -239,7 +240,7 @@ def test_pipelined_calls_obey_the_queue_deadline(start_server) -> None:  # type:
     server = start_server("echo.py", SCOREHOST_MAX_CONCURRENT_REQUESTS="1", SCOREHOST_MAX_QUEUE_WAIT_MS="300",
                           SCORING_TIMEOUT_MS="5000")  # fmt: skip
     (worker,) = children(server.proc.pid)
-    with cf.ThreadPoolExecutor(16) as ex, httpx.Client(base_url=server.url, timeout=10) as client:
+    with cf.ThreadPoolExecutor(16) as ex, plain_http.client(base_url=server.url, timeout=10) as client:
         # Short calls make the pool pipeline: it sends calls ahead of the one slot.
         list(ex.map(lambda _: client.post("/score", content=b"x"), range(300)))
         os.kill(worker, sig.SIGSTOP)

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, cast
 
-import httpx
+import plain_http
 import pytest
 
 from server.http.app import create_app
@@ -125,7 +125,7 @@ def test_separate_health_port_answers_during_init(start_server) -> None:  # type
     )
     health = _health_url(server)
     assert health != server.url
-    with httpx.Client(base_url=health, timeout=2) as client:
+    with plain_http.client(base_url=health, timeout=2) as client:
         assert client.get("/health/live").status_code == 200
         assert client.get("/").status_code == 503
         server.wait_ready(timeout=15)
@@ -145,14 +145,14 @@ def test_health_port_answers_while_run_is_hung(start_server) -> None:  # type: i
     health = _health_url(server)
 
     def hang() -> None:
-        with httpx.Client(base_url=server.url, timeout=15) as c:
+        with plain_http.client(base_url=server.url, timeout=15) as c:
             c.post("/score", json={"sleep_ms": 3000, "mode": "gil"})
 
     hung = threading.Thread(target=hang)
     hung.start()
     time.sleep(0.3)
     latencies = []
-    with httpx.Client(base_url=health, timeout=2) as client:
+    with plain_http.client(base_url=health, timeout=2) as client:
         for _ in range(50):
             t = time.perf_counter()
             assert client.get("/").status_code == 200

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import plain_http
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ def _free_port() -> int:
 
 
 def _query(api: str, expr: str, at: float) -> float:
-    reply = httpx.get(f"{api}/api/v1/query", params={"query": expr, "time": f"{at:.3f}"}, timeout=10).json()
+    reply = plain_http.get(f"{api}/api/v1/query", params={"query": expr, "time": f"{at:.3f}"}, timeout=10).json()
     assert reply["status"] == "success", reply
     result = reply["data"]["result"]
     assert len(result) == 1, (expr, result)
@@ -91,7 +92,7 @@ def _wait_scraping(api: str, prom: subprocess.Popen[Any], tmp_path: Path) -> Non
         if prom.poll() is not None:
             raise AssertionError((tmp_path / "prometheus.log").read_text())
         try:
-            targets = httpx.get(f"{api}/api/v1/targets", timeout=2).json()["data"]["activeTargets"]
+            targets = plain_http.get(f"{api}/api/v1/targets", timeout=2).json()["data"]["activeTargets"]
             if targets and targets[0]["health"] == "up":
                 return
         except (httpx.HTTPError, KeyError, ValueError):
@@ -107,7 +108,7 @@ def _load(url: str) -> tuple[int, float, float]:
     stop = started + LOAD_S
 
     def client(i: int) -> None:
-        with httpx.Client(base_url=url, timeout=10) as c:
+        with plain_http.client(base_url=url, timeout=10) as c:
             while time.time() < stop:
                 assert c.post("/score", json={"sleep_ms": SLEEP_MS}).status_code == 200
                 sent[i] += 1

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import plain_http
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -111,7 +112,7 @@ def test_slow_reader_pauses_the_generator(start_server, tmp_path: Path) -> None:
         assert produced < 400, produced
         time.sleep(0.3)
         assert int(progress.read_text()) == produced  # and it stays paused
-        status = httpx.get(server.url + "/health/ready").json()
+        status = plain_http.get(server.url + "/health/ready").json()
         assert status["in_flight"] == 1
     log = server.log
     # Paused, then cancelled when the reader left: the generator never ran to the end.

@@ -7,6 +7,7 @@ import signal
 import time
 
 import httpx
+import plain_http
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,7 @@ def test_worker_dies_with_its_parent(start_server) -> None:  # type: ignore[no-u
     (worker,) = children(server.proc.pid)
     # run() stuck in one C call that holds the GIL: the worker's loop cannot notice anything.
     with pytest.raises(httpx.HTTPError):
-        httpx.post(server.url + "/score", json={"sleep_ms": 60000, "mode": "gil"}, timeout=0.5)
+        plain_http.post(server.url + "/score", json={"sleep_ms": 60000, "mode": "gil"}, timeout=0.5)
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(5)
     deadline = time.monotonic() + 5

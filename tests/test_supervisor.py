@@ -10,6 +10,7 @@ import threading
 import time
 
 import httpx
+import plain_http
 import pytest
 from conftest import EXAMPLES, SCRIPTS, launch
 
@@ -109,7 +110,7 @@ def test_sigterm_flips_readiness_then_drains_in_flight(start_server) -> None:  #
     results: list[int] = []
 
     def slow_call() -> None:
-        with httpx.Client(base_url=server.url, timeout=10) as c:
+        with plain_http.client(base_url=server.url, timeout=10) as c:
             results.append(c.post("/score", json={"sleep_ms": 1500}).status_code)
 
     threads = [threading.Thread(target=slow_call) for _ in range(6)]
@@ -142,7 +143,7 @@ def test_sigterm_under_load_completes_every_request(start_server) -> None:  # ty
     stop_at = time.monotonic() + 1.0
 
     def loop() -> None:
-        with httpx.Client(base_url=server.url, timeout=10) as c:
+        with plain_http.client(base_url=server.url, timeout=10) as c:
             while time.monotonic() < stop_at:
                 try:
                     statuses.append(c.post("/score", json={"sleep_ms": 50}).status_code)
@@ -173,7 +174,7 @@ def test_probe_latency_under_saturation_and_hung_call(start_server) -> None:  # 
 
     # One slot hung in a C call that holds the GIL, the other busy sleeping.
     def call(payload: dict[str, object]) -> None:
-        with httpx.Client(base_url=server.url, timeout=15) as c:
+        with plain_http.client(base_url=server.url, timeout=15) as c:
             c.post("/score", json=payload)
 
     hung = threading.Thread(target=call, args=({"sleep_ms": 4000, "mode": "gil"},))

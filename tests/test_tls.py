@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import plain_http
 import pytest
 from conftest import SCRIPTS, ServerHandle, launch
 from cryptography import x509
@@ -77,7 +78,7 @@ def test_https_with_a_real_client_and_sighup_reload(tmp_path: Path) -> None:
             assert c.post(handle.url + "/score", content=b"1").status_code == 401
         # Plain HTTP to the TLS port gets nothing usable; an unknown CA fails the handshake.
         with pytest.raises(httpx.HTTPError):
-            httpx.get(handle.url.replace("https://", "http://") + "/health/live", timeout=3)
+            plain_http.get(handle.url.replace("https://", "http://") + "/health/live", timeout=3)
         with pytest.raises(httpx.ConnectError):
             httpx.get(handle.url + "/health/live", timeout=3, verify=client_context(CA(tmp_path, "other CA")))
         assert peer_serial(handle.url, ca) == first.serial
@@ -129,8 +130,8 @@ def test_client_certificates_are_required_with_ssl_ca_certs_and_the_health_port_
             with pytest.raises(httpx.HTTPError), httpx.Client(verify=ctx, timeout=5) as c:
                 c.get(handle.url + "/health/live")
         # The probes' port: plain HTTP, no certificate needed.
-        assert httpx.get(health_url + "/health/ready", timeout=5).status_code == 200
-        assert httpx.get(health_url + "/score", timeout=5).status_code == 404
+        assert plain_http.get(health_url + "/health/ready", timeout=5).status_code == 200
+        assert plain_http.get(health_url + "/score", timeout=5).status_code == 404
     finally:
         handle.stop()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import plain_http
 import pytest
 from conftest import SCRIPTS, wait_pool_ready
 from onnx_models import make_mlp
@@ -96,8 +97,8 @@ def test_a_live_server_exports_both_processes_spans_and_logs_ids(start_server) -
         env = {"SCOREHOST_TRACING": "true", "SCOREHOST_LOG_FORMAT": "json", "OTEL_SERVICE_NAME": "shop",
                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, **FAST_EXPORT}  # fmt: skip
         server = start_server("traced.py", **env)
-        reply = httpx.post(server.url + "/score", content=b"x", headers={"traceparent": TRACEPARENT}).json()
-        plain = httpx.post(server.url + "/score", content=b"y").json()  # no traceparent: a new trace
+        reply = plain_http.post(server.url + "/score", content=b"x", headers={"traceparent": TRACEPARENT}).json()
+        plain = plain_http.post(server.url + "/score", content=b"y").json()  # no traceparent: a new trace
         assert receiver.wait(lambda: sum(s["name"] == "user work" for s in receiver.spans()) == 2
                              and sum(s["name"] == "POST /score" for s in receiver.spans()) == 2)  # fmt: skip
         spans = receiver.spans()
@@ -124,7 +125,7 @@ def test_a_live_server_exports_both_processes_spans_and_logs_ids(start_server) -
 def test_nothing_is_loaded_in_a_worker_when_tracing_is_off(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("loaded_modules.py")
     wanted = ["opentelemetry", "prometheus_client", "azure", "grpc"]
-    assert httpx.post(server.url + "/score", json=wanted).json() == []
+    assert plain_http.post(server.url + "/score", json=wanted).json() == []
 
 
 def test_app_insights_connection_string_from_the_references_names() -> None:
