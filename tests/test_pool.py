@@ -142,9 +142,41 @@ def test_wedged_worker_is_replaced(start_server) -> None:  # type: ignore[no-unt
     response, elapsed = _timed_post(server.url, {"sleep_ms": 30000, "mode": "gil"})
     assert response.status_code == 504 and elapsed < 0.35
     server.wait_for_log("is wedged", timeout=5)
+    # Condemned, the worker is no longer ready, though it runs until its SIGKILL lands: readiness
+    # comes back with its replacement, and that takes the next call.
     server.wait_ready(timeout=20)
+    with server.client() as c:
+        assert c.get("/health/ready").json()["detail"][0]["restarts"] == 1
     ok, _ = _timed_post(server.url, {"sleep_ms": 0})
     assert ok.status_code == 200
+
+
+def test_a_condemned_worker_is_not_ready_before_its_exit_is_seen() -> None:
+    """Regression: a worker the supervisor had just SIGKILLed (wedged, or past init_timeout_s) stayed
+    READY until its exit was seen, so readiness answered 200 and new calls queued for a process
+    about to die. CI caught it between the "is wedged" line and the restart."""
+    import asyncio
+
+    from conftest import SCRIPTS, wait_pool_ready
+
+    from server.settings import Settings
+    from server.workers.pool import WorkerPool
+
+    async def main() -> None:
+        pool = WorkerPool(Settings(entry_script=str(SCRIPTS / "echo.py"), workers=1))
+        await pool.start()
+        try:
+            await wait_pool_ready(pool)
+            pool.kill(pool.workers[0], "was killed by the test", "wedged")
+            status = pool.status()  # the same turn of the loop: the exit cannot have been seen
+            assert not pool.ready() and status["workers_ready"] == 0
+            assert status["detail"][0]["state"] == "stopping"
+            await wait_pool_ready(pool)
+            assert pool.status()["detail"][0]["restarts"] == 1
+        finally:
+            await pool.stop(5)
+
+    asyncio.run(main())
 
 
 def test_async_run_is_concurrent_within_one_worker(start_server) -> None:  # type: ignore[no-untyped-def]

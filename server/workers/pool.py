@@ -90,7 +90,7 @@ class WorkerPool(Supervisor):
     def _acquire(self) -> Worker | None:
         best: Worker | None = None
         for w in self.workers:
-            if w.state is State.READY and w.busy < w.capacity and (best is None or w.busy < best.busy):
+            if w.serving and w.busy < w.capacity and (best is None or w.busy < best.busy):
                 best = w
         if best is not None:
             best.busy += 1
@@ -105,7 +105,7 @@ class WorkerPool(Supervisor):
 
         NOTE: not just the one slot a reply frees: capacity grows when calls turn out
         short (pipelining), and while requests wait nobody else would claim it."""
-        while worker.state is State.READY and worker.busy < worker.capacity and self.queue.has_waiters:
+        while worker.serving and worker.busy < worker.capacity and self.queue.has_waiters:
             worker.busy += 1
             if not self.queue.hand_off(worker):
                 worker.busy -= 1
@@ -122,7 +122,7 @@ class WorkerPool(Supervisor):
         arrived = time.monotonic()
         worker = None if self.queue.has_waiters else self._acquire()
         if worker is None:
-            if not any(w.state is State.READY for w in self.workers):
+            if not any(w.serving for w in self.workers):
                 raise NotReady(self._not_ready_message())
             worker = await self.queue.wait(self._release)
         assert self._loop is not None and worker.conn is not None
@@ -240,7 +240,7 @@ class WorkerPool(Supervisor):
         return self.stopping or self.can_restart()
 
     def ready(self) -> bool:
-        return not self.draining and self.fatal is None and any(w.state is State.READY for w in self.workers)
+        return not self.draining and self.fatal is None and any(w.serving for w in self.workers)
 
     def _not_ready_message(self) -> str:
         if self.fatal:
@@ -253,7 +253,7 @@ class WorkerPool(Supervisor):
 
     def status(self) -> dict[str, Any]:
         """States and counts for the probes; details (messages, paths) go to the log."""
-        ready = sum(1 for w in self.workers if w.state is State.READY)
+        ready = sum(1 for w in self.workers if w.serving)
         out: dict[str, Any] = {
             "ready": self.ready(),
             "live": self.live(),

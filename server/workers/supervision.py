@@ -105,11 +105,18 @@ class Worker:
             extra = int(PIPELINE_BUDGET_MS * self.slots / max(self.ewma_ms, 0.01))
             self.capacity = self.slots + min(MAX_PIPELINE, extra)
 
+    @property
+    def serving(self) -> bool:
+        """Takes calls and counts for readiness. A worker condemned by :meth:`Supervisor.kill`
+        stays READY until its exit is seen, and must take no new call meanwhile."""
+        return self.state is State.READY and self.kill_reason is None
+
     def describe(self) -> dict[str, Any]:
         """State and counts only: no pids or paths (probes answer without authentication)."""
+        condemned = self.state is State.READY and self.kill_reason is not None
         return {
             "index": self.index,
-            "state": self.state.value,
+            "state": State.STOPPING.value if condemned else self.state.value,
             "slots": self.slots,
             "busy": self.busy,
             "restarts": self.restarts,
