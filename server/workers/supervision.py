@@ -13,7 +13,8 @@ The restart rule:
   dead server;
 * a worker whose every slot is held by calls more than ``wedged_after_ms`` past their
   deadline is wedged: killed (SIGKILL; a C call holding the GIL ignores anything
-  gentler) and replaced;
+  gentler) and replaced. From the kill on it takes no call and no longer counts for
+  readiness, though its exit is seen a moment later;
 * a worker that does not finish ``init()`` within ``init_timeout_s`` is killed;
 * if no worker ever became ready because loading or ``init()`` failed, the pool reports
   a fatal error and the server exits non-zero, as the reference does.
